@@ -49,15 +49,23 @@ void ThreadPool::run(const std::function<void(int, int)> &fn) {
   }
   if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
   fn(0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) SPECODE_PAUSE();
+  // Spin briefly, then yield: on a loaded machine (an editor, a build) a
+  // descheduled worker must get the core back instead of us burning it.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < 2000) SPECODE_PAUSE();
+    else sched_yield();
+  }
 }
 
 void ThreadPool::worker(int ith) {
   uint64_t seen = 0;
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < 200000; ++spin) {
-      SPECODE_PAUSE();
+    // Between regions of one forward pass the wait is microseconds: spin,
+    // yielding now and then; between requests, sleep on the condition variable.
+    for (int spin = 0; g == seen && spin < 50000; ++spin) {
+      if (spin % 1000 == 999) sched_yield();
+      else SPECODE_PAUSE();
       g = generation_.load(std::memory_order_acquire);
     }
     if (g == seen) {
