@@ -1,0 +1,124 @@
+// engine.ts — the narrow view of the model the request handlers use, and its
+// real implementation over engine/session.ts. Tests give the handlers a fake.
+import { basename } from 'node:path';
+import { loadAddon, type ContextOptions } from '../engine/native';
+import { Session, type GenerateOptions, type GenerateResult } from '../engine/session';
+import type { ModelSummary, ServerConfig } from '../protocol';
+
+export interface EngineModel extends ModelSummary {
+  weightBytes: number;
+  nLayer: number;
+  nHeadKv: number;
+  headDim: number;
+}
+
+export interface Engine {
+  readonly model: EngineModel;
+  /** e.g. "cpu (avx2)". */
+  readonly backend: string;
+  /** Token ids; `first` adds BOS when the model wants one. Control tokens written in the text are parsed. */
+  encode(text: string, first: boolean): number[];
+  /** Token count of plain text (no control tokens, no BOS). */
+  count(text: string): number;
+  /** Make the KV cache hold exactly `ids` (longest cached prefix reused). Rejects with an AbortError when `signal` fires. */
+  prefill(ids: number[], signal?: AbortSignal): Promise<{ reused: number }>;
+  /** Generate after `ids` (prefill included). Cancelled generations resolve with stopReason 'cancelled'. */
+  generate(ids: number[], opts: GenerateOptions): Promise<GenerateResult>;
+  /** Token ids whose KV sits in the cache, in order. */
+  cachedIds(): readonly number[];
+  /** Numeric engine figures (`ctx.metrics()`) when the engine reports any. */
+  metrics(): Record<string, number> | undefined;
+  close(): void;
+}
+
+export type EngineFactory = (modelPath: string, config: ServerConfig) => Promise<Engine>;
+
+/**
+ * Options beyond ContextOptions that the KV-policy engine reads when it knows
+ * them (policy, bits, top-k, device budget, backend). An engine that does not
+ * know a key ignores it; the status reports what the engine itself says.
+ */
+function contextOptions(config: ServerConfig): ContextOptions & Record<string, unknown> {
+  return {
+    nCtx: config.contextTokens,
+    kvPolicy: config.kvPolicy,
+    kvBits: config.kvBits,
+    topK: config.topK,
+    deviceBudgetBytes: config.deviceBudgetMiB * 1024 * 1024,
+    backend: config.backend,
+  };
+}
+
+class SessionEngine implements Engine {
+  constructor(
+    private readonly session: Session,
+    readonly model: EngineModel,
+    readonly backend: string,
+  ) {}
+
+  encode(text: string, first: boolean): number[] {
+    return this.session.tokenizer.encode(text, { addSpecial: first, parseSpecial: true });
+  }
+
+  count(text: string): number {
+    return this.session.tokenizer.encode(text, { addSpecial: false, parseSpecial: false }).length;
+  }
+
+  prefill(ids: number[], signal?: AbortSignal): Promise<{ reused: number }> {
+    return this.session.prefill(ids, signal);
+  }
+
+  generate(ids: number[], opts: GenerateOptions): Promise<GenerateResult> {
+    return this.session.generate(ids, opts);
+  }
+
+  cachedIds(): readonly number[] {
+    return this.session.cachedTokens;
+  }
+
+  metrics(): Record<string, number> | undefined {
+    const ctx = this.session.ctx as unknown as { metrics?: () => unknown };
+    if (typeof ctx.metrics !== 'function') return undefined;
+    const raw = ctx.metrics();
+    if (typeof raw !== 'object' || raw === null) return undefined;
+    const out: Record<string, number> = {};
+    flattenNumbers(raw as Record<string, unknown>, '', out, 0);
+    return Object.keys(out).length ? out : undefined;
+  }
+
+  close(): void {
+    this.session.close();
+  }
+}
+
+/** {a: 1, b: {c: 2}} → {a: 1, 'b.c': 2}; non-numbers are left out. */
+function flattenNumbers(o: Record<string, unknown>, prefix: string, out: Record<string, number>, depth: number): void {
+  for (const [k, v] of Object.entries(o)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (typeof v === 'number' && Number.isFinite(v)) out[key] = v;
+    else if (typeof v === 'bigint') out[key] = Number(v);
+    else if (typeof v === 'object' && v !== null && !Array.isArray(v) && depth < 3) flattenNumbers(v as Record<string, unknown>, key, out, depth + 1);
+  }
+}
+
+export const openSessionEngine: EngineFactory = async (modelPath, config) => {
+  const threads = Number(process.env.SPECODE_THREADS) || undefined;
+  const session = await Session.open(modelPath, { ...contextOptions(config), threads });
+  const info = session.info;
+  const addon = loadAddon();
+  const model: EngineModel = {
+    name: info.name || basename(modelPath),
+    path: modelPath,
+    arch: info.arch,
+    fileType: info.fileType,
+    nCtx: session.nCtx,
+    fim: session.tokenizer.fim !== undefined,
+    weightBytes: info.weightBytes,
+    nLayer: info.nLayer,
+    nHeadKv: info.nHeadKv,
+    headDim: info.headDim,
+  };
+  const ctxBackend = (session.ctx as unknown as { backend?: unknown }).backend;
+  const backend = typeof ctxBackend === 'string' ? ctxBackend : `cpu (${addon.cpuKernels()})`;
+  return new SessionEngine(session, model, backend);
+};

@@ -1,0 +1,159 @@
+// suite.mjs — what a user sees in a real VS Code with specode installed:
+// the status bar's figures, an inline suggestion accepted with Tab, a streamed
+// answer with a citation in the Q&A panel, and recovery after the server dies.
+// Each test gets `world` from run.mjs: { page, ws, serverScript, shot, log }.
+import { spawnSync } from 'node:child_process';
+import { closeAllEditors, editorLines, focusEditor, ghostText, openFile, runCommand, statusText, waitForStatus, webviewFrame } from './workbench.mjs';
+
+/** pids of the specode language server started from this test's extensions folder. */
+function serverPids(serverScript) {
+  const r = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  return r.stdout
+    .split('\n')
+    .filter((l) => l.includes(serverScript))
+    .map((l) => Number(l.trim().split(/\s+/)[0]))
+    .filter((n) => Number.isInteger(n) && n > 0);
+}
+
+async function waitFor(what, f, timeoutMs, page) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    await page.waitForTimeout(200);
+  }
+}
+
+/**
+ * Types a function header and `return` at the end of math.ts, waits for ghost
+ * text and accepts it with Tab. Returns the ghost text and the accepted line.
+ */
+async function completeFunction(page, header) {
+  await closeAllEditors(page);
+  await openFile(page, 'src/util/math.ts');
+  await focusEditor(page);
+  await page.keyboard.press('Control+End');
+  await page.keyboard.type(`\n${header}`, { delay: 25 });
+  await page.keyboard.press('Enter');
+  await page.keyboard.type('return', { delay: 60 });
+  const ghost = await waitFor('ghost text after "return"', () => ghostText(page), 60_000, page);
+  return ghost;
+}
+
+/** Presses Tab; returns the lines of the function whose header was typed (header excluded). */
+async function acceptAndRead(page, header) {
+  await page.keyboard.press('Tab');
+  await page.waitForTimeout(300);
+  const lines = await editorLines(page);
+  const at = lines.findIndex((l) => l.trim() === header);
+  if (at < 0) throw new Error(`the typed header is not in the editor: ${JSON.stringify(lines)}`);
+  return lines.slice(at + 1);
+}
+
+export const TESTS = [
+  {
+    id: 'status',
+    name: 'status bar shows the figures once the repository is indexed; a click opens the details',
+    timeoutMs: 150_000,
+    async run({ page, shot }) {
+      // After indexing the KV cache holds the repo: the item shows its size.
+      const text = await waitForStatus(page, /specode.*KV \d+(\.\d+)? (KiB|MiB)/, 120_000);
+      await shot('01-status-bar');
+      await page.locator('.statusbar-item', { hasText: /specode/ }).first().click();
+      const tab = page.locator('.tab', { hasText: 'status.md' }).first();
+      await tab.waitFor({ timeout: 15_000 });
+      await waitFor('details text', async () => (await editorLines(page)).some((l) => l.includes('specode status')), 15_000, page);
+      const lines = (await editorLines(page)).join('\n');
+      if (!/weights/.test(lines) || !/tokens in KV cache/.test(lines)) throw new Error(`details page lacks the figures:\n${lines}`);
+      await shot('02-status-details');
+      if (!/KV/.test(text)) throw new Error(`status text: ${text}`);
+    },
+  },
+  {
+    id: 'inline',
+    name: 'typing in a file shows an inline suggestion; Tab accepts it',
+    timeoutMs: 120_000,
+    async run({ page, shot, log }) {
+      const header = 'export function cube(x: number): number {';
+      const ghost = await completeFunction(page, header);
+      await shot('03-inline-suggestion');
+      log(`ghost text: ${JSON.stringify(ghost)}`);
+      const line = (await acceptAndRead(page, header))[0] ?? '';
+      await shot('04-inline-accepted');
+      const firstGhostLine = ghost.split('\n')[0].trim();
+      if (!line.replace(/\s+/g, ' ').includes(firstGhostLine.replace(/\s+/g, ' ').slice(0, 10))) {
+        throw new Error(`after Tab the line is ${JSON.stringify(line)}, ghost was ${JSON.stringify(ghost)}`);
+      }
+      if (line.trim() === 'return') throw new Error('nothing was inserted');
+      await waitForStatus(page, /tok\/s/, 10_000);
+    },
+  },
+  {
+    id: 'ask',
+    name: 'the Q&A panel streams an answer and cites a file that opens on click',
+    timeoutMs: 150_000,
+    async run({ page, shot, log }) {
+      await runCommand(page, 'specode: Ask About the Repository');
+      const frame = await webviewFrame(page, '#question');
+      await frame.locator('#question').fill('Which port does the ledger reconciler listen on?');
+      await frame.locator('#ask').click();
+      // Sample the answer while it streams: it must grow in several steps.
+      const lengths = new Set();
+      const end = Date.now() + 120_000;
+      for (;;) {
+        const streaming = await frame.locator('.answer.streaming').count();
+        const text = (await frame.locator('.answer').last().innerText().catch(() => '')) || '';
+        if (streaming && text.length) lengths.add(text.length);
+        if (!streaming && (await frame.locator('.stats, .error').count())) break;
+        if (Date.now() > end) throw new Error('the answer did not finish within 120 s');
+        await page.waitForTimeout(50);
+      }
+      if (await frame.locator('.error').count()) throw new Error(`the panel shows an error: ${await frame.locator('.error').first().innerText()}`);
+      const answer = await frame.locator('.answer').last().innerText();
+      log(`answer (${answer.length} chars, seen at ${lengths.size} lengths while streaming): ${JSON.stringify(answer.slice(0, 200))}`);
+      const cites = frame.locator('.citations a');
+      const n = await cites.count();
+      await shot('05-qa-answer');
+      if (lengths.size < 2) throw new Error(`the answer did not stream (seen at ${lengths.size} lengths)`);
+      if (n < 1) throw new Error('no citation');
+      const cited = (await cites.first().innerText()).split(':')[0];
+      log(`citations: ${(await cites.allInnerTexts()).join(', ')}`);
+      await cites.first().click();
+      const name = cited.split('/').pop();
+      await page.locator('.tab.active', { hasText: name }).waitFor({ timeout: 15_000 });
+      await shot('06-qa-citation-opened');
+    },
+  },
+  {
+    id: 'recover',
+    name: 'killing the server: the extension restarts it and completions work again',
+    timeoutMs: 150_000,
+    async run({ page, shot, serverScript, log }) {
+      const before = serverPids(serverScript);
+      if (before.length !== 1) throw new Error(`expected one server process, found ${before.length} (${before.join(', ')})`);
+      process.kill(before[0], 'SIGKILL');
+      log(`killed server pid ${before[0]}`);
+      const seen = new Set();
+      const after = await waitFor(
+        'a new server process',
+        async () => {
+          seen.add(await statusText(page));
+          const pids = serverPids(serverScript).filter((p) => p !== before[0]);
+          return pids.length ? pids : undefined;
+        },
+        30_000,
+        page,
+      );
+      log(`new server pid ${after[0]}; status texts seen meanwhile: ${[...seen].join(' | ')}`);
+      await waitForStatus(page, /specode.*KV \d/, 90_000);
+      await shot('07-recovered-status');
+      const header = 'export function half(x: number): number {';
+      const ghost = await completeFunction(page, header);
+      await shot('08-recovered-inline');
+      log(`ghost text after restart: ${JSON.stringify(ghost)}`);
+      const line = (await acceptAndRead(page, header))[0] ?? '';
+      if (!/^\s*return\s*\S/.test(line)) throw new Error(`no completion accepted after the restart: ${JSON.stringify(line)}`);
+    },
+  },
+];

@@ -1,0 +1,61 @@
+// The server's prompts with a real tokenizer: the cached repo head + the
+// per-request tail encode to exactly the ids of the whole prompt, and the
+// head that `index` prefills is a prefix of the completion prompt (so the
+// indexed KV is reused). Skips when no model file is present.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fimPrompt, plainPrompt } from '../../server/src/context/prompt';
+import { readGguf } from '../../server/src/engine/gguf';
+import { Tokenizer } from '../../server/src/engine/tokenizer';
+import type { Engine } from '../../server/src/lsp/engine';
+import { PromptBuilder } from '../../server/src/lsp/prompts';
+import { cacheDir } from '../../server/src/models/registry';
+
+const models = [
+  { name: 'smollm2-135m (plain prompt)', paths: [join(cacheDir(), 'models', 'smollm2-135m.gguf'), '/tmp/models/smollm2-135m-q4_1.gguf'] },
+  { name: 'qwen2.5-coder-0.5b (FIM prompt)', paths: [join(cacheDir(), 'models', 'qwen2.5-coder-0.5b.gguf'), '/tmp/models/qwen05.gguf'] },
+];
+
+function tokenizerEngine(t: Tokenizer, nCtx: number): Engine {
+  return {
+    model: { name: 't', path: '', arch: 'llama', fileType: '', nCtx, fim: t.fim !== undefined, weightBytes: 0, nLayer: 1, nHeadKv: 1, headDim: 1 },
+    backend: 'none',
+    encode: (text, first) => t.encode(text, { addSpecial: first, parseSpecial: true }),
+    count: (text) => t.encode(text, { addSpecial: false, parseSpecial: false }).length,
+    prefill: async () => ({ reused: 0 }),
+    generate: async () => {
+      throw new Error('not here');
+    },
+    cachedIds: () => [],
+    metrics: () => undefined,
+    close: () => undefined,
+  };
+}
+
+const files = [
+  { path: 'README.md', text: '# demo\n\nA demo.\n', mtimeMs: 1 },
+  { path: 'src/a.ts', text: 'export const A = 1;\n\n\n', mtimeMs: 2 },
+  { path: 'src/b.py', text: 'def f():\n    return 2   ', mtimeMs: 3 },
+];
+
+for (const m of models) {
+  const path = m.paths.find((p) => existsSync(p));
+  test(`prompt ids are exact and the indexed head is reused: ${m.name}`, { skip: path ? false : `${m.name} not present` }, async () => {
+    const t = Tokenizer.fromGguf(await readGguf(path!));
+    const engine = tokenizerEngine(t, 4096);
+    const b = new PromptBuilder(engine);
+    for (const [prefix, suffix] of [['x = ', '\n'], ['\n\n  foo', ''], ['', ''], ['function f() {\n  ', '\n}\n']]) {
+      const built = b.completion('demo', files, 'src/cur.ts', prefix, suffix, 4096, 64);
+      const input = { repoName: 'demo', files: built.files, path: 'src/cur.ts', prefix, suffix: engine.model.fim ? suffix : '' };
+      const whole = engine.model.fim ? fimPrompt(input) : plainPrompt(input);
+      assert.deepEqual(built.ids, t.encode(whole, { addSpecial: true, parseSpecial: true }), JSON.stringify(prefix));
+      assert.equal(built.files.length, 3);
+    }
+    const head = b.repoHead('demo', files, 4096, 1024);
+    const completion = b.completion('demo', files, 'src/cur.ts', 'let y = ', '', 4096, 64);
+    assert.ok(head.ids.length > 10);
+    assert.deepEqual(completion.ids.slice(0, head.ids.length), head.ids, 'the index head is a prefix of the completion prompt');
+  });
+}
