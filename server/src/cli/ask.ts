@@ -25,7 +25,7 @@ export async function runAsk(argv: string[]): Promise<number> {
     const budget = session.nCtx - maxTokens - session.tokenizer.encode(question).length - 128;
     const repo = repoContext(String(p.flags.repo), session, budget);
     process.stderr.write(`specode: ${repo.files.length} files of ${repo.name} in the context\n`);
-    const r = await session.generate(askPrompt(repo.name, repo.files, question), {
+    const r = await session.generate(askPrompt(repo.name || 'repo', repo.files, question, Boolean(session.tokenizer.fim)), {
       maxTokens,
       sampler: { temperature: Number(p.flags.temperature) },
       signal: interrupt.signal,

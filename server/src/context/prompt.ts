@@ -43,31 +43,44 @@ export interface FimPromptInput {
 }
 
 /**
- * Qwen2.5-Coder repo-level completion:
- *   <|repo_name|>name\n<|file_sep|>path\ncontent\n ... <|file_sep|>current\n<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>
+ * The repository part every long prompt starts with, so that completions and
+ * questions share its KV pages. FIM models: Qwen2.5-Coder's repo-level format
+ *   <|repo_name|>name\n<|file_sep|>path\ncontent\n ...
+ * others: "// File: path" headers.
+ */
+export function repoHead(repoName: string, files: RepoFile[], fim: boolean): string {
+  let s = fim ? `<|repo_name|>${repoName}\n` : '';
+  for (const f of files) {
+    const body = `${f.text}${f.text.endsWith('\n') ? '' : '\n'}`;
+    s += fim ? `<|file_sep|>${f.path}\n${body}` : `// File: ${f.path}\n${body}`;
+  }
+  return s;
+}
+
+/**
+ * Repo-level fill-in-the-middle: the repo head, then the current file as
+ *   <|file_sep|>path\n<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>
  * Returned as text with the special tokens spelled out (the tokenizer parses them).
  */
 export function fimPrompt(inp: FimPromptInput): string {
-  let s = `<|repo_name|>${inp.repoName}\n`;
-  for (const f of inp.files) s += `<|file_sep|>${f.path}\n${f.text}${f.text.endsWith('\n') ? '' : '\n'}`;
-  s += `<|file_sep|>${inp.path}\n<|fim_prefix|>${inp.prefix}<|fim_suffix|>${inp.suffix}<|fim_middle|>`;
-  return s;
+  return `${repoHead(inp.repoName, inp.files, true)}<|file_sep|>${inp.path}\n<|fim_prefix|>${inp.prefix}<|fim_suffix|>${inp.suffix}<|fim_middle|>`;
 }
 
 /** Plain continuation prompt for models without FIM tokens. */
 export function plainPrompt(inp: FimPromptInput): string {
-  let s = '';
-  for (const f of inp.files) s += `// File: ${f.path}\n${f.text}\n`;
-  s += `// File: ${inp.path}\n${inp.prefix}`;
-  return s;
+  return `${repoHead(inp.repoName, inp.files, false)}// File: ${inp.path}\n${inp.prefix}`;
 }
 
-/** ChatML question about the repository (Qwen2.5 / SmolLM2 instruct). */
-export function askPrompt(repoName: string, files: RepoFile[], question: string): string {
-  let ctx = '';
-  for (const f of files) ctx += `<|file_sep|>${f.path}\n${f.text}${f.text.endsWith('\n') ? '' : '\n'}`;
+/** Marks where a question prompt's own part starts (after the shared repo head). */
+export const ASK_MARKER = '<|im_start|>system\n';
+
+/**
+ * A question about the repository: the same repo head as completions (so its
+ * KV is reused), then a ChatML turn (Qwen2.5 / SmolLM2 instruct).
+ */
+export function askPrompt(repoName: string, files: RepoFile[], question: string, fim: boolean): string {
   return (
-    `<|im_start|>system\nYou are a coding assistant. Answer questions about the repository "${repoName}" using its files below. ` +
-    `Name the files you rely on.<|im_end|>\n<|im_start|>user\n${ctx}\nQuestion: ${question}<|im_end|>\n<|im_start|>assistant\n`
+    `${repoHead(repoName, files, fim)}${ASK_MARKER}You are a coding assistant. Answer questions about the repository "${repoName}" ` +
+    `using its files above. Name the files you rely on.<|im_end|>\n<|im_start|>user\nQuestion: ${question}<|im_end|>\n<|im_start|>assistant\n`
   );
 }

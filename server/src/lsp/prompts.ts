@@ -6,7 +6,7 @@
 // starts with a control token, so encode(head) ++ encode(tail) is exactly
 // encode(head + tail); for plain models it is a stable split as well.
 import { createHash } from 'node:crypto';
-import { askPrompt, fimPrompt, fitToBudget, plainPrompt, type TokenCounter } from '../context/prompt';
+import { ASK_MARKER, askPrompt, fimPrompt, fitToBudget, plainPrompt, type TokenCounter } from '../context/prompt';
 import type { RepoFile } from '../context/repo';
 import type { ContextFile } from '../protocol';
 import type { Engine } from './engine';
@@ -110,8 +110,8 @@ export class PromptBuilder {
     const nCtx = Math.min(contextTokens, this.engine.model.nCtx);
     const budget = nCtx - maxTokens - this.engine.count(question) - 128;
     const fit = this.fit(files, budget);
-    const whole = askPrompt(repoName || 'repo', fit.files, question);
-    const at = whole.lastIndexOf('\nQuestion: ');
+    const whole = askPrompt(repoName || 'repo', fit.files, question, Boolean(this.engine.model.fim));
+    const at = whole.lastIndexOf(ASK_MARKER);
     return this.split(whole, at, fit);
   }
 
