@@ -7,6 +7,7 @@ import { interrupt } from './interrupt';
 
 const FETCH_FLAGS: Record<string, FlagSpec> = {
   force: { type: 'boolean', help: 'download and verify again even if the file is cached' },
+  verify: { type: 'boolean', help: 're-hash a cached file against its pinned sha256' },
 };
 
 export async function runModel(argv: string[]): Promise<number> {
@@ -28,12 +29,13 @@ export async function runModel(argv: string[]): Promise<number> {
       if (p.help) return print(text);
       throw new UserError('model fetch: give exactly one model name', `names: ${names}`);
     }
-    const path = await fetchModel(p.positionals[0], {
+    const result = await fetchModel(p.positionals[0], {
       force: Boolean(p.flags.force),
+      verify: Boolean(p.flags.verify),
       signal: interrupt.signal,
       onProgress: (msg, fraction) => process.stderr.write(`${fraction !== undefined ? `[${Math.round(fraction * 100)}%] ` : ''}${msg}\n`),
     });
-    console.log(path);
+    console.log(result.path);
     return 0;
   }
   if (sub === '--help' || sub === '-h' || sub === undefined) {
