@@ -324,7 +324,8 @@ async function main(argv: string[]): Promise<number> {
   return results.every((r) => r.mismatches === 0) ? 0 : 1;
 }
 
-if (require.main === module) {
+// Run as a script only (not when bundled into dist/cli.js, where require.main is the bundle).
+if (require.main === module && /tokenizer-parity\.[cm]?[tj]s$/.test(process.argv[1] ?? '')) {
   main(process.argv).then((code) => { process.exitCode = code; }, (e) => {
     console.error(e instanceof Error ? e.message : e);
     process.exitCode = 2;

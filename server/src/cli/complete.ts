@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fimPrompt, plainPrompt } from '../context/prompt';
+import { boundaryContext, cutCompletion, finishCompletion } from '../lsp/completion_boundary';
 import { UserError } from '../errors';
 import { parseArgs, usage, type FlagSpec } from './args';
 import { MODEL_FLAGS, openSession, repoContext } from './common';
@@ -13,6 +14,7 @@ const FLAGS: Record<string, FlagSpec> = {
   repo: { type: 'string', help: 'repository folder to put in the context' },
   ...MODEL_FLAGS,
   'max-tokens': { type: 'number', help: 'most tokens to generate', default: 64 },
+  'max-lines': { type: 'number', help: 'most lines in the completion', default: 8 },
 };
 
 export async function runComplete(argv: string[]): Promise<number> {
@@ -52,17 +54,39 @@ export async function runComplete(argv: string[]): Promise<number> {
     const rel = p.flags.repo ? file.slice(resolve(String(p.flags.repo)).length + 1) : file.split('/').pop()!;
     const input = { repoName: repo.name || 'repo', files: repo.files, path: rel, prefix, suffix };
     const prompt = fim ? fimPrompt(input) : plainPrompt(input);
+    // Stop at a sensible boundary (end of the block, a blank line, the suffix
+    // being re-typed) as the text streams; print only what is kept.
+    const boundary = boundaryContext(prefix, suffix, Number(p.flags['max-lines']));
+    const stop = new AbortController();
+    interrupt.signal.addEventListener('abort', () => stop.abort());
+    let text = '';
+    let shown = 0;
     const r = await session.generate(prompt, {
       maxTokens,
-      stop: fim ? [] : ['\n\n\n'],
       sampler: { temperature: Number(p.flags.temperature) },
-      signal: interrupt.signal,
-      onText: (t) => process.stdout.write(t),
+      signal: stop.signal,
+      onText: (t) => {
+        if (stop.signal.aborted) return;
+        text += t;
+        const cut = cutCompletion(text, boundary);
+        if (cut.done) {
+          text = cut.text;
+          stop.abort();
+        }
+        // Hold back the unfinished last line until it is judged.
+        const safe = cut.done ? text.length : text.lastIndexOf('\n') + 1;
+        if (safe > shown) {
+          process.stdout.write(text.slice(shown, safe));
+          shown = safe;
+        }
+      },
     });
-    process.stdout.write('\n');
+    const final = stop.signal.aborted && !interrupt.signal.aborted ? text : finishCompletion(text, boundary);
+    const rest = final.slice(shown);
+    process.stdout.write(rest + ((shown > 0 && !rest) || rest.endsWith('\n') ? '' : '\n'));
     process.stderr.write(
       `specode: ${repo.files.length} repo files, ${r.promptTokens} prompt tokens (prefill ${(r.promptTokens / (r.prefillMs / 1000)).toFixed(1)} tok/s), ` +
-        `${r.tokens.length} generated (${(r.tokens.length / Math.max(1e-9, r.decodeMs / 1000)).toFixed(1)} tok/s), stop: ${r.stopReason}\n`,
+        `${r.tokens.length} generated (${(r.tokens.length / Math.max(1e-9, r.decodeMs / 1000)).toFixed(1)} tok/s), stop: ${stop.signal.aborted && !interrupt.signal.aborted ? 'boundary' : r.stopReason}\n`,
     );
     return 0;
   } finally {
