@@ -160,6 +160,8 @@ struct DecodeWork {
   std::vector<int32_t> tokens;
   bool all_logits = false;
   bool want_logits = true;
+  bool spec = false;         // decodeSpec: one generation step, resolves {logits, specToken}
+  int32_t spec_token = -1;
   std::vector<float> logits;
   int32_t status = SPECODE_OK;
   std::string error;
@@ -175,8 +177,11 @@ void decode_execute(napi_env, void *data) {
     w->error = "decode: out of memory for the logits";
     return;
   }
-  w->status = specode_decode(w->box->ctx, w->tokens.data(), (uint32_t)w->tokens.size(), w->all_logits ? 1 : 0,
-                             rows ? w->logits.data() : nullptr);
+  if (w->spec)
+    w->status = specode_decode_spec(w->box->ctx, w->tokens[0], w->logits.data(), &w->spec_token);
+  else
+    w->status = specode_decode(w->box->ctx, w->tokens.data(), (uint32_t)w->tokens.size(), w->all_logits ? 1 : 0,
+                               rows ? w->logits.data() : nullptr);
   if (w->status != SPECODE_OK) w->error = specode_last_error();
 }
 
@@ -196,6 +201,13 @@ void decode_complete(napi_env env, napi_status, void *data) {
     napi_create_arraybuffer(env, bytes, &buf, &ab);
     std::memcpy(buf, w->logits.data(), bytes);
     napi_create_typedarray(env, napi_float32_array, w->logits.size(), ab, 0, &arr);
+    if (w->spec) {
+      napi_value o;
+      napi_create_object(env, &o);
+      napi_set_named_property(env, o, "logits", arr);
+      set_num(env, o, "specToken", w->spec_token);
+      arr = o;
+    }
     napi_resolve_deferred(env, w->deferred, arr);
   }
   napi_delete_async_work(env, w->work);
@@ -235,6 +247,30 @@ napi_value ctx_decode(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+napi_value ctx_decode_spec(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1] = {nullptr};
+  auto *box = this_box<ContextBox>(env, info, &argc, argv);
+  if (!box || box->released)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "decodeSpec: the context was freed"), nullptr;
+  if (box->busy)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "decodeSpec: a decode is already running on this context"), nullptr;
+  int32_t token = 0;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &token) != napi_ok)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "decodeSpec: token must be a number"), nullptr;
+  auto *w = new DecodeWork();
+  w->box = box;
+  w->tokens.assign(1, token);
+  w->spec = true;
+  napi_value promise, name;
+  NAPI_OK(env, napi_create_promise(env, &w->deferred, &promise));
+  napi_create_string_utf8(env, "specode.decodeSpec", NAPI_AUTO_LENGTH, &name);
+  NAPI_OK(env, napi_create_async_work(env, nullptr, name, decode_execute, decode_complete, w, &w->work));
+  box->busy = true;
+  NAPI_OK(env, napi_queue_async_work(env, w->work));
+  return promise;
+}
+
 napi_value ctx_truncate(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -261,6 +297,79 @@ napi_value ctx_n_past(napi_env env, napi_callback_info info) {
   auto *box = this_box<ContextBox>(env, info, &argc, nullptr);
   napi_value v;
   napi_create_uint32(env, box && !box->released && !box->busy ? specode_context_n_past(box->ctx) : 0, &v);
+  return v;
+}
+
+napi_value ctx_metrics(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  auto *box = this_box<ContextBox>(env, info, &argc, nullptr);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "metrics: the context was freed"), nullptr;
+  // A snapshot as of the last finished decode: safe while one runs.
+  specode_kv_metrics m;
+  int32_t st = specode_context_metrics(box->ctx, &m);
+  if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;
+  napi_value o;
+  napi_create_object(env, &o);
+  set_str(env, o, "policy", m.policy);
+  set_num(env, o, "deviceWeightBytes", (double)m.device_weight_bytes);
+  set_num(env, o, "deviceLowbitBytes", (double)m.device_lowbit_bytes);
+  set_num(env, o, "deviceResidualBytes", (double)m.device_residual_bytes);
+  set_num(env, o, "devicePrefetchBytes", (double)m.device_prefetch_bytes);
+  set_num(env, o, "deviceFullBytes", (double)m.device_full_bytes);
+  set_num(env, o, "deviceKvBytes", (double)m.device_kv_bytes);
+  set_num(env, o, "hostKvBytes", (double)m.host_kv_bytes);
+  set_num(env, o, "fp16KvBytes", (double)m.fp16_kv_bytes);
+  set_num(env, o, "compressionRatio", m.compression_ratio);
+  set_num(env, o, "nTokens", (double)m.n_tokens);
+  set_num(env, o, "nLowbitTokens", (double)m.n_lowbit_tokens);
+  set_num(env, o, "nResidualTokens", (double)m.n_residual_tokens);
+  set_num(env, o, "fetchBytesTotal", (double)m.fetch_bytes_total);
+  set_num(env, o, "fetchBytesLast", (double)m.fetch_bytes_last);
+  set_num(env, o, "stallNsTotal", (double)m.stall_ns_total);
+  set_num(env, o, "stallNsLast", (double)m.stall_ns_last);
+  set_num(env, o, "stepNsTotal", (double)m.step_ns_total);
+  set_num(env, o, "stepNsLast", (double)m.step_ns_last);
+  set_num(env, o, "steps", (double)m.steps);
+  set_num(env, o, "specChecked", (double)m.spec_checked);
+  set_num(env, o, "specMatched", (double)m.spec_matched);
+  set_num(env, o, "specMatchRate", m.spec_match_rate);
+  set_num(env, o, "overlapSamples", (double)m.overlap_samples);
+  set_num(env, o, "topkOverlap", m.topk_overlap);
+  set_num(env, o, "topkMassRecall", m.topk_mass_recall);
+  set_num(env, o, "prefixReusedTokens", (double)m.prefix_reused_tokens);
+  set_num(env, o, "hostPagesReferenced", (double)m.host_pages_referenced);
+  set_num(env, o, "hostPagesCached", (double)m.host_pages_cached);
+  return o;
+}
+
+napi_value ctx_reset_metrics(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  auto *box = this_box<ContextBox>(env, info, &argc, nullptr);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "resetMetrics: the context was freed"), nullptr;
+  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "resetMetrics: a decode is running"), nullptr;
+  specode_context_reset_metrics(box->ctx);
+  return nullptr;
+}
+
+napi_value ctx_cached_prefix(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1] = {nullptr};
+  auto *box = this_box<ContextBox>(env, info, &argc, argv);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "cachedPrefix: the context was freed"), nullptr;
+  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "cachedPrefix: a decode is running"), nullptr;
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void *data = nullptr;
+  if (argc < 1 || napi_is_typedarray(env, argv[0], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_int32_array)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "cachedPrefix: tokens must be an Int32Array"), nullptr;
+  uint32_t n = 0;
+  int32_t st = specode_context_cached_prefix(box->ctx, static_cast<const int32_t *>(data), (uint32_t)length, &n);
+  if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;
+  napi_value v;
+  napi_create_uint32(env, n, &v);
   return v;
 }
 
@@ -329,6 +438,22 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
     return throw_error(env, SPECODE_ERR_ARGUMENT, "createContext: kvType must be 'f16' or 'f32', got '" + kv + "'"),
            nullptr;
   p.kv_type = kv == "f32" ? SPECODE_KV_F32 : SPECODE_KV_F16;
+  std::string policy = opt_str(env, opts, "policy", "full");
+  if (policy == "full") p.kv_policy = SPECODE_KV_POLICY_FULL;
+  else if (policy == "offload-all") p.kv_policy = SPECODE_KV_POLICY_OFFLOAD_ALL;
+  else if (policy == "specache") p.kv_policy = SPECODE_KV_POLICY_SPECACHE;
+  else if (policy == "specache-sync") p.kv_policy = SPECODE_KV_POLICY_SPECACHE_SYNC;
+  else
+    return throw_error(env, SPECODE_ERR_ARGUMENT,
+                       "createContext: policy must be 'full', 'offload-all', 'specache' or 'specache-sync', got '" +
+                           policy + "'"),
+           nullptr;
+  p.kv_bits = (int32_t)opt_num(env, opts, "bits", p.kv_bits);
+  p.kv_group = (int32_t)opt_num(env, opts, "group", p.kv_group);
+  p.kv_topk = (int32_t)opt_num(env, opts, "topk", p.kv_topk);
+  p.kv_residual = (int32_t)opt_num(env, opts, "residual", p.kv_residual);
+  p.kv_page_tokens = (int32_t)opt_num(env, opts, "pageTokens", p.kv_page_tokens);
+  p.kv_measure = opt_bool(env, opts, "measure", false) ? 1 : 0;
   specode_context *ctx = nullptr;
   int32_t st = specode_context_init(h->model, &p, &ctx);
   if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;
@@ -344,6 +469,10 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   set_fn(env, o, "decode", ctx_decode, box);
   set_fn(env, o, "truncate", ctx_truncate, box);
   set_fn(env, o, "cancel", ctx_cancel, box);
+  set_fn(env, o, "decodeSpec", ctx_decode_spec, box);
+  set_fn(env, o, "metrics", ctx_metrics, box);
+  set_fn(env, o, "resetMetrics", ctx_reset_metrics, box);
+  set_fn(env, o, "cachedPrefix", ctx_cached_prefix, box);
   set_fn(env, o, "free", ctx_free, box);
   napi_property_descriptor getter = {"nPast", nullptr, nullptr, ctx_n_past, nullptr, nullptr, napi_enumerable, box};
   napi_define_properties(env, o, 1, &getter);

@@ -78,11 +78,31 @@ typedef enum specode_kv_type {
   SPECODE_KV_F32 = 1, /* full precision, for exactness tests */
 } specode_kv_type;
 
+/* Where K/V rows live and what decode attention reads (DESIGN.md, "The KV
+ * subsystem"). Every policy but full keeps all rows in fp16 host pages, shares
+ * full pages by prefix hash and reuses them instead of recomputing a prefix. */
+typedef enum specode_kv_policy {
+  SPECODE_KV_POLICY_FULL = 0,          /* every row resident (kv_type precision): the exactness reference */
+  SPECODE_KV_POLICY_OFFLOAD_ALL = 1,   /* host pages; each decode step copies every row (naive baseline) */
+  SPECODE_KV_POLICY_SPECACHE = 2,      /* low-bit copy + fp16 residual + top-k rows prefetched by a
+                                          speculative token, one step ahead */
+  SPECODE_KV_POLICY_SPECACHE_SYNC = 3, /* ablation: the real token's true top-k, fetched synchronously */
+} specode_kv_policy;
+
 typedef struct specode_context_params {
   uint32_t n_ctx;        /* max tokens held in the KV cache; 0: model's n_ctx_train */
   uint32_t n_batch;      /* max tokens per forward pass during prefill; 0: 256 */
-  int32_t kv_type;       /* specode_kv_type */
+  int32_t kv_type;       /* specode_kv_type (full policy only; paged policies hold fp16) */
   int32_t n_threads;     /* <= 0: the model's n_threads */
+  int32_t kv_policy;     /* specode_kv_policy; default full */
+  int32_t kv_bits;       /* specache*: bits of the low-bit copy, 1 or 2; default 2 */
+  int32_t kv_group;      /* specache*: quantization group g, 32 or 64 (tokens per key group,
+                            channels per value group, capped at head_dim); default 64 */
+  int32_t kv_topk;       /* specache*: fp16 rows fetched per layer per KV head; default 64 */
+  int32_t kv_residual;   /* specache*: newest tokens kept in fp16, a multiple of kv_group; default 64 */
+  int32_t kv_page_tokens;/* paged policies: tokens per host page; default 64 */
+  int32_t kv_measure;    /* specache: 1 = also compute each real token's true top-k (exact scores
+                            over the host pages) to report top-k overlap; costs a full pass */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);
@@ -98,7 +118,10 @@ uint32_t specode_context_n_past(const specode_context *ctx);
 int32_t specode_context_truncate(specode_context *ctx, uint32_t n_keep);
 
 /* Run tokens at positions n_past .. n_past+n_tokens-1, appending their K/V.
- * Prefill is chunked by n_batch internally.
+ * Prefill is chunked by n_batch internally. Paged policies adopt leading
+ * tokens held in cached host pages instead of recomputing them (not with
+ * all_logits). One token after a prompt is a generation step (see
+ * specode_decode_spec).
  * logits_out: NULL, or [n_tokens][n_vocab] when all_logits != 0, else [n_vocab]
  * for the last token only. The context also keeps the last token's logits for
  * specode_sample(). */
@@ -112,6 +135,76 @@ void specode_context_cancel(specode_context *ctx);
 
 /* Last token's logits ([n_vocab]) or NULL before the first decode. */
 const float *specode_context_logits(const specode_context *ctx);
+
+/* One generation step for real_token at position n_past (n_past >= 1).
+ * specache: one forward pass over TWO tokens, real_token at n_past and the
+ * engine's speculative token at n_past + 1 (a causal batch: the real token
+ * does not see it). The real token's K/V is appended, the speculative one's
+ * discarded; the speculative token's attention row picks the rows fetched for
+ * the next step. The first step after a prefill (or truncate) first runs a
+ * pre-decode of real_token over the low-bit copy to get the first speculative
+ * token and fetch set.
+ * logits_real: NULL or [n_vocab], the real token's logits (also kept for
+ * specode_sample). spec_token_out: NULL or the speculative token this step ran
+ * at n_past + 1, i.e. the engine's guess of the token the caller will choose
+ * from logits_real; -1 for policies without speculation.
+ * full runs the same two-token step with exact attention (a reference for
+ * the speculative token); offload-all and specache-sync run a plain one-token
+ * step. The real token's numbers never depend on the speculative one: with
+ * a top-k covering the context, specache's logits are full's, bit for bit.
+ * specode_decode() with n_tokens == 1 is this step for specache and a plain
+ * one-token step for the other policies, so callers need not change to get
+ * SpeCache. */
+int32_t specode_decode_spec(specode_context *ctx, int32_t real_token, float *logits_real, int32_t *spec_token_out);
+
+/* Leading tokens of tokens[0..n_tokens) that a decode would not recompute:
+ * those equal to the cached positions, or held in cached host pages (paged
+ * policies). specode_decode reuses cached pages by itself. */
+int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t *tokens, uint32_t n_tokens,
+                                      uint32_t *n_cached);
+
+/* What the KV policy holds and moves. "Device" is the accelerator tier; on
+ * the CPU backend it lives in RAM and is counted as VRAM would be. */
+typedef struct specode_kv_metrics {
+  char policy[16];                  /* "full", "offload-all", "specache", "specache-sync" */
+  uint64_t device_weight_bytes;     /* model weights */
+  uint64_t device_lowbit_bytes;     /* low-bit K/V copy: codes + fp16 scales/zeros */
+  uint64_t device_residual_bytes;   /* fp16 residual window (allocated) */
+  uint64_t device_prefetch_bytes;   /* fp16 prefetch buffers (allocated) */
+  uint64_t device_full_bytes;       /* full-precision rows on device: the whole cache (full) or
+                                       one layer's staged rows (offload-all) */
+  uint64_t device_kv_bytes;         /* sum of the four above */
+  uint64_t host_kv_bytes;           /* host pages allocated (in use and cached) */
+  uint64_t fp16_kv_bytes;           /* the held tokens' K/V in fp16 (what full fp16 would need) */
+  double compression_ratio;         /* fp16_kv_bytes / device_kv_bytes */
+  uint64_t n_tokens;                /* tokens held */
+  uint64_t n_lowbit_tokens;         /* of which in the low-bit copy */
+  uint64_t n_residual_tokens;       /* of which in the fp16 residual */
+  uint64_t fetch_bytes_total;       /* host -> device bytes copied by decode steps */
+  uint64_t fetch_bytes_last;        /* ... by the last step */
+  uint64_t stall_ns_total;          /* time decode waited on fetches */
+  uint64_t stall_ns_last;           /* ... in the last step */
+  uint64_t step_ns_total;           /* wall time of decode steps (n_tokens == 1 / decode_spec) */
+  uint64_t step_ns_last;            /* ... of the last step */
+  uint64_t steps;                   /* decode steps since init or reset */
+  uint64_t spec_checked;            /* steps whose speculative token could be checked */
+  uint64_t spec_matched;            /* ... that equalled the next real token */
+  double spec_match_rate;           /* spec_matched / spec_checked (0 when none) */
+  uint64_t overlap_samples;         /* (step, layer, KV head) triples measured (kv_measure, and
+                                       only where the low-bit copy holds more than top-k tokens) */
+  double topk_overlap;              /* mean |speculative top-k ∩ real token's true top-k| / k */
+  double topk_mass_recall;          /* mean true attention mass on the fetched rows / on the true top-k */
+  uint64_t prefix_reused_tokens;    /* tokens taken from cached pages instead of recomputed */
+  uint64_t host_pages_referenced;   /* host pages held by the sequence */
+  uint64_t host_pages_cached;       /* unreferenced host pages kept for prefix reuse */
+} specode_kv_metrics;
+
+/* Snapshot of the metrics as of the end of the last decode (safe to call
+ * while a decode runs on another thread). */
+int32_t specode_context_metrics(const specode_context *ctx, specode_kv_metrics *out);
+/* Zero the counters (fetch, stall, step, speculation, overlap); sizes stay.
+ * Not while a decode runs on this context. */
+void specode_context_reset_metrics(specode_context *ctx);
 
 /* ---------------------------------------------------------------- sampler */
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "ops.h"
@@ -79,6 +81,21 @@ void matmul(ThreadPool &pool, const Weight &w, const float *x, int n, float *y, 
   matmul_group(pool, &job, 1, x, n, act);
 }
 
+// The same products for n rows, one row at a time when one_by_one. The
+// kernels have a fast single-row path and do not promise a row the same bits
+// in a batch of 2 as alone; the two rows of a speculative step run one by one
+// so the real token's numbers are exactly those of a one-token step (and, with
+// today's kernels, two single-row products cost less than one 2-row product).
+void matmul_group_rows(ThreadPool &pool, const MatmulJob *jobs, int n_jobs, const float *x, int n,
+                       std::vector<uint8_t> &act, bool one_by_one) {
+  if (!one_by_one || n == 1) return matmul_group(pool, jobs, n_jobs, x, n, act);
+  MatmulJob row[8];
+  for (int t = 0; t < n; ++t) {
+    for (int j = 0; j < n_jobs; ++j) row[j] = {jobs[j].w, jobs[j].y + (size_t)t * jobs[j].w->rows};
+    matmul_group(pool, row, n_jobs, x + (size_t)t * jobs[0].w->cols, 1, act);
+  }
+}
+
 void add_bias(float *y, const Weight &b, int n, int64_t dim) {
   if (!b) return;
   for (int t = 0; t < n; ++t) add_inplace(y + (size_t)t * dim, b.f32(), dim);
@@ -94,13 +111,27 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
   if (cfg_.n_threads > 0 && cfg_.n_threads != model->n_threads)
     own_pool_ = std::make_unique<ThreadPool>(cfg_.n_threads);
   KvShape shape{hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, cfg_.n_ctx};
-  kv_ = std::make_unique<FullKvCache>(shape, cfg_.kv_f16, pool().size());
+  if (cfg_.policy == KvPolicy::Full) {
+    kv_ = std::make_unique<FullKvCache>(shape, cfg_.kv_f16, pool().size());
+  } else {
+    PagedKvConfig pc;
+    pc.policy = cfg_.policy;
+    pc.page_tokens = cfg_.kv_page_tokens;
+    pc.bits = cfg_.kv_bits;
+    pc.group = cfg_.kv_group;
+    pc.topk = cfg_.kv_topk;
+    pc.residual = cfg_.kv_residual;
+    pc.measure = cfg_.kv_measure;
+    pc.n_threads = pool().size();
+    kv_ = make_paged_kv_cache(shape, pc);
+  }
 
   inv_freq_.resize(hp.head_dim / 2);
   for (int i = 0; i < hp.head_dim / 2; ++i)
     inv_freq_[i] = (float)(1.0 / std::pow((double)hp.rope_base, 2.0 * i / hp.head_dim));
 
-  const size_t nb = cfg_.n_batch, E = hp.n_embd, Q = (size_t)hp.n_head * hp.head_dim,
+  // A speculative step runs two tokens, whatever n_batch is.
+  const size_t nb = std::max(cfg_.n_batch, 2), E = hp.n_embd, Q = (size_t)hp.n_head * hp.head_dim,
                KV = (size_t)hp.n_head_kv * hp.head_dim, FF = hp.n_ff;
   x_.resize(nb * E);
   xn_.resize(nb * E);
@@ -112,6 +143,7 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
   gate_.resize(nb * FF);
   up_.resize(nb * FF);
   logits_.resize(hp.n_vocab);
+  publish_metrics();
 }
 
 int Context::truncate(int n_keep, std::string *err) {
@@ -121,14 +153,22 @@ int Context::truncate(int n_keep, std::string *err) {
   }
   if (n_keep < n_past_) {
     n_past_ = n_keep;
+    tokens_.resize(n_keep);
     kv_->truncate(n_keep);
     has_logits_ = false;
+    forget_speculation();
+    publish_metrics();
   }
   return SPECODE_OK;
 }
 
-int Context::decode(const int32_t *tokens, int n, bool all_logits, float *logits_out, std::string *err) {
-  cancel_.store(false);
+int Context::cached_prefix(const int32_t *tokens, int n) const {
+  int same = 0;
+  while (same < n && same < n_past_ && tokens_[same] == tokens[same]) ++same;
+  return std::max(same, std::min(n, kv_->cached_prefix(tokens, n)));
+}
+
+int Context::check_tokens(const int32_t *tokens, int n, std::string *err) const {
   const Hparams &hp = model_->hp;
   if (n <= 0) {
     *err = "decode: no tokens given (the prompt is empty)";
@@ -146,10 +186,32 @@ int Context::decode(const int32_t *tokens, int n, bool all_logits, float *logits
              " is outside the vocabulary [0, " + std::to_string(hp.n_vocab) + ")";
       return SPECODE_ERR_ARGUMENT;
     }
+  return SPECODE_OK;
+}
+
+int Context::decode(const int32_t *tokens, int n, bool all_logits, float *logits_out, std::string *err) {
+  cancel_.store(false);
+  const Hparams &hp = model_->hp;
+  int st = check_tokens(tokens, n, err);
+  if (st != SPECODE_OK) return st;
   std::lock_guard<std::mutex> lock(model_->pool_mutex);
+  // One token after a prompt is a generation step (the speculative step
+  // under specache); its row of logits is all there is either way.
+  if (n == 1 && n_past_ > 0)
+    return step_locked(tokens[0], cfg_.policy == KvPolicy::Specache, logits_out, nullptr, err);
   has_logits_ = false;
-  for (int done = 0; done < n;) {
+  forget_speculation();
+  int done = 0;
+  // Pages cached from an earlier pass over the same prefix are adopted, not
+  // recomputed (the last token always runs: its logits are the output).
+  if (!all_logits) {
+    done = kv_->adopt_cached(tokens, n - 1);
+    tokens_.insert(tokens_.end(), tokens, tokens + done);
+    n_past_ += done;
+  }
+  while (done < n) {
     if (cancel_.load()) {
+      publish_metrics();
       *err = "decode cancelled after " + std::to_string(done) + " of " + std::to_string(n) + " tokens";
       return SPECODE_ERR_CANCELLED;
     }
@@ -158,21 +220,172 @@ int Context::decode(const int32_t *tokens, int n, bool all_logits, float *logits
     // Logits: every row into logits_out when all_logits, else only the last
     // chunk's last row (kept in logits_); earlier chunks skip the output matmul.
     float *out_all = all_logits && logits_out ? logits_out + (size_t)done * hp.n_vocab : nullptr;
-    forward(tokens + done, chunk, out_all ? 2 : (last_chunk ? 1 : 0), out_all);
+    KvPass pass;
+    pass.pos0 = n_past_;
+    pass.n = pass.n_keep = chunk;
+    pass.tokens = tokens + done;
+    if (!forward(pass, out_all ? 2 : (last_chunk ? 1 : 0), out_all)) {
+      publish_metrics();
+      *err = "decode: the KV cache has no free page left for " + std::to_string(chunk) + " more tokens";
+      return SPECODE_ERR_NOMEM;
+    }
     done += chunk;
   }
   has_logits_ = true;
   if (logits_out && !all_logits) std::memcpy(logits_out, logits_.data(), logits_.size() * sizeof(float));
+  publish_metrics();
   return SPECODE_OK;
 }
 
-void Context::forward(const int32_t *tokens, int n, int logits_mode, float *out_all) {
+int Context::decode_step(int32_t token, float *logits_out, int32_t *spec_out, std::string *err) {
+  cancel_.store(false);
+  int st = check_tokens(&token, 1, err);
+  if (st != SPECODE_OK) return st;
+  if (n_past_ == 0) {
+    *err = "decode_spec: the context is empty; decode a prompt first";
+    return SPECODE_ERR_ARGUMENT;
+  }
+  std::lock_guard<std::mutex> lock(model_->pool_mutex);
+  // full runs the same two-token step with exact attention: the reference
+  // for specache's speculative token.
+  const bool speculate = cfg_.policy == KvPolicy::Specache || cfg_.policy == KvPolicy::Full;
+  return step_locked(token, speculate, logits_out, spec_out, err);
+}
+
+namespace {
+int32_t argmax(const float *x, int n) {
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+}  // namespace
+
+int Context::step_locked(int32_t token, bool speculate, float *logits_out, int32_t *spec_out, std::string *err) {
+  const int n_vocab = model_->hp.n_vocab;
+  const auto t0 = std::chrono::steady_clock::now();
+  KvMetrics before;
+  kv_->metrics(&before);
+  has_logits_ = false;
+  if (spec_out) *spec_out = -1;
+  KvPass pass;
+  pass.pos0 = n_past_;
+  pass.decode = true;
+  bool ok = true;
+  if (!speculate) {
+    pass.n = pass.n_keep = 1;
+    pass.tokens = &token;
+    ok = forward(pass, 1, nullptr);
+  } else {
+    if (last_guess_ >= 0) {
+      ++spec_checked_;
+      spec_matched_ += token == last_guess_ ? 1 : 0;
+    }
+    if (next_spec_ < 0) {
+      // Pre-decode: the token over the low-bit copy alone; its K/V is
+      // dropped, its output is the first speculative token and its
+      // attention row the first fetch set.
+      KvPass pre = pass;
+      pre.n = 1;
+      pre.n_keep = 0;
+      pre.tokens = &token;
+      pre.select_row = 0;
+      ok = forward(pre, 1, nullptr);
+      next_spec_ = argmax(logits_.data(), n_vocab);
+    }
+    const int32_t pair[2] = {token, next_spec_};
+    pass.n = 2;
+    pass.n_keep = 1;
+    pass.tokens = pair;
+    pass.select_row = 1;
+    if (step_logits_.size() < (size_t)2 * n_vocab) step_logits_.resize((size_t)2 * n_vocab);
+    ok = ok && forward(pass, 2, step_logits_.data());
+    if (ok) {
+      std::memcpy(logits_.data(), step_logits_.data(), (size_t)n_vocab * sizeof(float));
+      if (spec_out) *spec_out = next_spec_;
+      last_guess_ = next_spec_;
+      next_spec_ = argmax(step_logits_.data() + n_vocab, n_vocab);
+    }
+  }
+  if (!ok) {
+    forget_speculation();
+    publish_metrics();
+    *err = "decode: the KV cache has no free page left for one more token";
+    return SPECODE_ERR_NOMEM;
+  }
+  KvMetrics after;
+  kv_->metrics(&after);
+  fetch_last_ = after.fetch_bytes_total - before.fetch_bytes_total;
+  stall_last_ = after.stall_ns_total - before.stall_ns_total;
+  step_ns_last_ = (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - t0).count();
+  step_ns_total_ += step_ns_last_;
+  ++steps_;
+  has_logits_ = true;
+  if (logits_out) std::memcpy(logits_out, logits_.data(), (size_t)n_vocab * sizeof(float));
+  publish_metrics();
+  return SPECODE_OK;
+}
+
+void Context::publish_metrics() {
+  KvMetrics k;
+  kv_->metrics(&k);
+  const Hparams &hp = model_->hp;
+  specode_kv_metrics m{};
+  std::snprintf(m.policy, sizeof m.policy, "%s", kv_->policy());
+  m.device_weight_bytes = model_->file.data_bytes();
+  m.device_lowbit_bytes = k.device_lowbit_bytes;
+  m.device_residual_bytes = k.device_residual_bytes;
+  m.device_prefetch_bytes = k.device_prefetch_bytes;
+  m.device_full_bytes = k.device_full_bytes;
+  m.device_kv_bytes = k.device_lowbit_bytes + k.device_residual_bytes + k.device_prefetch_bytes + k.device_full_bytes;
+  m.host_kv_bytes = k.host_bytes;
+  m.n_tokens = (uint64_t)n_past_;
+  m.fp16_kv_bytes = m.n_tokens * hp.n_layer * hp.n_head_kv * hp.head_dim * 2 * 2;
+  m.compression_ratio = m.device_kv_bytes ? (double)m.fp16_kv_bytes / (double)m.device_kv_bytes : 0.0;
+  m.n_lowbit_tokens = k.n_lowbit_tokens;
+  m.n_residual_tokens = k.n_residual_tokens;
+  m.fetch_bytes_total = k.fetch_bytes_total;
+  m.fetch_bytes_last = fetch_last_;
+  m.stall_ns_total = k.stall_ns_total;
+  m.stall_ns_last = stall_last_;
+  m.step_ns_total = step_ns_total_;
+  m.step_ns_last = step_ns_last_;
+  m.steps = steps_;
+  m.spec_checked = spec_checked_;
+  m.spec_matched = spec_matched_;
+  m.spec_match_rate = spec_checked_ ? (double)spec_matched_ / (double)spec_checked_ : 0.0;
+  m.overlap_samples = k.overlap_samples;
+  m.topk_overlap = k.overlap_samples ? k.overlap_sum / (double)k.overlap_samples : 0.0;
+  m.topk_mass_recall = k.overlap_samples ? k.mass_recall_sum / (double)k.overlap_samples : 0.0;
+  m.prefix_reused_tokens = k.prefix_reused_tokens;
+  m.host_pages_referenced = k.host_pages_referenced;
+  m.host_pages_cached = k.host_pages_cached;
+  std::lock_guard<std::mutex> lock(metrics_mutex_);
+  snapshot_ = m;
+}
+
+void Context::metrics(specode_kv_metrics *out) const {
+  std::lock_guard<std::mutex> lock(metrics_mutex_);
+  *out = snapshot_;
+}
+
+void Context::reset_metrics() {
+  kv_->reset_metrics();
+  steps_ = step_ns_total_ = step_ns_last_ = fetch_last_ = stall_last_ = spec_checked_ = spec_matched_ = 0;
+  publish_metrics();
+}
+
+bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
   const Hparams &hp = model_->hp;
   const Model &m = *model_;
   ThreadPool &tp = pool();
   const int E = hp.n_embd, HD = hp.head_dim, NH = hp.n_head, NKV = hp.n_head_kv;
   const int Q = NH * HD, KV = NKV * HD, FF = hp.n_ff;
-  const int pos0 = n_past_;
+  const int pos0 = n_past_, n = pass.n;
+  const int32_t *tokens = pass.tokens;
+  if (!kv_->begin_pass(pass)) return false;
+  const bool by_row = pass.decode && n == 2;  // a speculative step (see matmul_group_rows)
 
   for (int t = 0; t < n; ++t)
     dequantize_row(m.tok_embd.type, m.tok_embd.data + (size_t)tokens[t] * m.tok_embd.row_bytes,
@@ -182,7 +395,7 @@ void Context::forward(const int32_t *tokens, int n, int logits_mode, float *out_
     const LayerWeights &w = m.layers[l];
     for (int t = 0; t < n; ++t) rmsnorm(&x_[(size_t)t * E], w.attn_norm.f32(), &xn_[(size_t)t * E], E, hp.rms_eps);
     MatmulJob qkv[3] = {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}};
-    matmul_group(tp, qkv, 3, xn_.data(), n, act_);
+    matmul_group_rows(tp, qkv, 3, xn_.data(), n, act_, by_row);
     add_bias(q_.data(), w.bq, n, Q);
     add_bias(k_.data(), w.bk, n, KV);
     add_bias(v_.data(), w.bv, n, KV);
@@ -192,29 +405,35 @@ void Context::forward(const int32_t *tokens, int n, int logits_mode, float *out_
     }
     kv_->store(l, pos0, n, k_.data(), v_.data());
     kv_->attend(l, pos0, n, q_.data(), attn_.data(), tp);
-    matmul(tp, w.wo, attn_.data(), n, proj_.data(), act_);
+    MatmulJob o[1] = {{&w.wo, proj_.data()}};
+    matmul_group_rows(tp, o, 1, attn_.data(), n, act_, by_row);
     add_inplace(x_.data(), proj_.data(), (int64_t)n * E);
 
     for (int t = 0; t < n; ++t) rmsnorm(&x_[(size_t)t * E], w.ffn_norm.f32(), &xn_[(size_t)t * E], E, hp.rms_eps);
     MatmulJob gu[2] = {{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}};
-    matmul_group(tp, gu, 2, xn_.data(), n, act_);
+    matmul_group_rows(tp, gu, 2, xn_.data(), n, act_, by_row);
     swiglu(gate_.data(), up_.data(), gate_.data(), (int64_t)n * FF);
-    matmul(tp, w.w_down, gate_.data(), n, proj_.data(), act_);
+    MatmulJob down[1] = {{&w.w_down, proj_.data()}};
+    matmul_group_rows(tp, down, 1, gate_.data(), n, act_, by_row);
     add_inplace(x_.data(), proj_.data(), (int64_t)n * E);
   }
-  n_past_ += n;
+  kv_->end_pass();
+  n_past_ += pass.n_keep;
+  tokens_.insert(tokens_.end(), tokens, tokens + pass.n_keep);
 
-  if (logits_mode == 0) return;
+  if (logits_mode == 0) return true;
   const int first = logits_mode == 2 ? 0 : n - 1;
   const int rows = n - first;
   for (int t = first; t < n; ++t)
     rmsnorm(&x_[(size_t)t * E], m.output_norm.f32(), &xn_[(size_t)(t - first) * E], E, hp.rms_eps);
   if (logits_mode == 2) {
-    matmul(tp, m.output, xn_.data(), rows, out_all, act_);
+    MatmulJob out[1] = {{&m.output, out_all}};
+    matmul_group_rows(tp, out, 1, xn_.data(), rows, act_, by_row);
     std::memcpy(logits_.data(), out_all + (size_t)(rows - 1) * hp.n_vocab, hp.n_vocab * sizeof(float));
   } else {
     matmul(tp, m.output, xn_.data() + (size_t)(rows - 1) * E, 1, logits_.data(), act_);
   }
+  return true;
 }
 
 }  // namespace specode

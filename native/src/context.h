@@ -3,19 +3,29 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "kv_cache.h"
 #include "model.h"
+#include "specache.h"
+#include "specode.h"
 
 namespace specode {
 
 struct ContextConfig {
   int n_ctx = 0;
   int n_batch = 256;
-  bool kv_f16 = true;
-  int n_threads = 0;  // <= 0: the model's pool
+  bool kv_f16 = true;  // full policy only
+  int n_threads = 0;   // <= 0: the model's pool
+  KvPolicy policy = KvPolicy::Full;
+  int kv_bits = 2;         // paged policies: see PagedKvConfig
+  int kv_group = 64;
+  int kv_topk = 64;
+  int kv_residual = 64;
+  int kv_page_tokens = 64;
+  bool kv_measure = false;
 };
 
 class Context {
@@ -23,10 +33,21 @@ class Context {
   Context(Model *model, const ContextConfig &cfg);
 
   // Runs tokens at positions n_past.. (chunked by n_batch), appending K/V.
+  // Leading tokens held in cached host pages are adopted, not recomputed
+  // (paged policies, unless all_logits). One token after a prompt is a
+  // generation step (the speculative two-token step under specache).
   // logits_out: NULL, [n][n_vocab] (all_logits) or [n_vocab] (last token).
   // Returns a specode_status; *err describes a failure.
   int decode(const int32_t *tokens, int n, bool all_logits, float *logits_out, std::string *err);
+  // One generation step (see specode_decode_spec); *spec_out: the speculative
+  // token run at n_past + 1, or -1.
+  int decode_step(int32_t token, float *logits_out, int32_t *spec_out, std::string *err);
   int truncate(int n_keep, std::string *err);
+  // Leading tokens of tokens[0..n) a decode would not recompute.
+  int cached_prefix(const int32_t *tokens, int n) const;
+  // Snapshot as of the end of the last decode/truncate; thread-safe.
+  void metrics(specode_kv_metrics *out) const;
+  void reset_metrics();  // not while a decode runs on this context
 
   int n_past() const { return n_past_; }
   int n_ctx() const { return cfg_.n_ctx; }
@@ -36,10 +57,18 @@ class Context {
   const KvCache &kv() const { return *kv_; }
 
  private:
-  // One forward pass over n <= n_batch tokens at positions n_past_..
+  // One forward pass over pass.n <= n_batch tokens at positions n_past_..;
+  // appends the first pass.n_keep tokens' K/V.
   // logits_mode 0: none; 1: last row into logits_; 2: every row into
   // out_all ([n][n_vocab]) and the last into logits_.
-  void forward(const int32_t *tokens, int n, int logits_mode, float *out_all);
+  // False when the KV cache has no room (pages exhausted).
+  bool forward(const KvPass &pass, int logits_mode, float *out_all);
+  int check_tokens(const int32_t *tokens, int n, std::string *err) const;
+  // One generation step; speculate: the two-token step (pre-decode first
+  // when there is no speculative token yet).
+  int step_locked(int32_t token, bool speculate, float *logits_out, int32_t *spec_out, std::string *err);
+  void forget_speculation() { next_spec_ = last_guess_ = -1; }
+  void publish_metrics();  // refresh the snapshot metrics() returns
   ThreadPool &pool() { return own_pool_ ? *own_pool_ : *model_->pool; }
 
   Model *model_;
@@ -54,7 +83,20 @@ class Context {
   // Scratch for one chunk of up to n_batch tokens (row-major [token][...]).
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_;
   std::vector<float> logits_;     // [n_vocab], last token
+  std::vector<float> step_logits_;  // [2][n_vocab], the two rows of a speculative step
   std::vector<uint8_t> act_;      // prepared activations for the quantized matmuls
+  std::vector<int32_t> tokens_;   // [n_past] ids held in the cache
+
+  // Speculation (specache): next_spec_ runs at n_past + 1 in the next step;
+  // last_guess_ ran at n_past last step, to be checked against the real token.
+  int32_t next_spec_ = -1, last_guess_ = -1;
+
+  // Counters (decode thread) and the snapshot metrics() reads.
+  uint64_t steps_ = 0, step_ns_total_ = 0, step_ns_last_ = 0;
+  uint64_t fetch_last_ = 0, stall_last_ = 0;
+  uint64_t spec_checked_ = 0, spec_matched_ = 0;
+  mutable std::mutex metrics_mutex_;
+  specode_kv_metrics snapshot_{};
 };
 
 }  // namespace specode

@@ -1,4 +1,5 @@
 // engine.cpp — the C API of specode.h over the C++ model, context and sampler.
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -93,6 +94,13 @@ specode_context_params specode_context_default_params(void) {
   p.n_batch = 256;
   p.kv_type = SPECODE_KV_F16;
   p.n_threads = 0;
+  p.kv_policy = SPECODE_KV_POLICY_FULL;
+  p.kv_bits = 2;
+  p.kv_group = 64;
+  p.kv_topk = 64;
+  p.kv_residual = 64;
+  p.kv_page_tokens = 64;
+  p.kv_measure = 0;
   return p;
 }
 
@@ -103,11 +111,44 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_type must be SPECODE_KV_F16 or SPECODE_KV_F32");
   if (params->n_ctx > (1u << 20))
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: n_ctx " + std::to_string(params->n_ctx) + " is too large");
+  if (params->kv_policy < SPECODE_KV_POLICY_FULL || params->kv_policy > SPECODE_KV_POLICY_SPECACHE_SYNC)
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_policy " + std::to_string(params->kv_policy) +
+                                               " is not one of full (0), offload-all (1), specache (2), "
+                                               "specache-sync (3)");
+  if (params->kv_policy != SPECODE_KV_POLICY_FULL) {
+    const specode::Hparams &hp = model->impl->hp;
+    const int g = params->kv_group, R = params->kv_residual;
+    if (params->kv_bits != 1 && params->kv_bits != 2)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_bits must be 1 or 2, got " +
+                                                 std::to_string(params->kv_bits));
+    if (g != 32 && g != 64)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_group must be 32 or 64, got " + std::to_string(g));
+    if (R <= 0 || R % g != 0)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_residual (" + std::to_string(R) +
+                                                 ") must be a positive multiple of kv_group (" + std::to_string(g) + ")");
+    if (params->kv_topk < 0 || params->kv_topk > (1 << 20))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_topk must be in [0, 2^20], got " +
+                                                 std::to_string(params->kv_topk));
+    if (params->kv_page_tokens <= 0 || params->kv_page_tokens > 4096)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_page_tokens must be in [1, 4096], got " +
+                                                 std::to_string(params->kv_page_tokens));
+    if (hp.head_dim % 8 != 0 || hp.head_dim % std::min(g, hp.head_dim) != 0)
+      return set_error(SPECODE_ERR_UNSUPPORTED, "context_init: head_dim " + std::to_string(hp.head_dim) +
+                                                    " does not split into 8-channel code bytes and groups of " +
+                                                    std::to_string(g) + " (use the full policy)");
+  }
   specode::ContextConfig cfg;
   cfg.n_ctx = (int)params->n_ctx;
   cfg.n_batch = params->n_batch ? (int)params->n_batch : 256;
   cfg.kv_f16 = params->kv_type == SPECODE_KV_F16;
   cfg.n_threads = params->n_threads;
+  cfg.policy = (specode::KvPolicy)params->kv_policy;
+  cfg.kv_bits = params->kv_bits;
+  cfg.kv_group = params->kv_group;
+  cfg.kv_topk = params->kv_topk;
+  cfg.kv_residual = params->kv_residual;
+  cfg.kv_page_tokens = params->kv_page_tokens;
+  cfg.kv_measure = params->kv_measure != 0;
   try {
     *out = new specode_context{std::make_unique<specode::Context>(model->impl.get(), cfg)};
     return SPECODE_OK;
@@ -145,6 +186,35 @@ void specode_context_cancel(specode_context *ctx) {
 }
 
 const float *specode_context_logits(const specode_context *ctx) { return ctx ? ctx->impl->last_logits() : nullptr; }
+
+int32_t specode_decode_spec(specode_context *ctx, int32_t real_token, float *logits_real, int32_t *spec_token_out) {
+  if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "decode_spec: null context");
+  try {
+    std::string err;
+    int st = ctx->impl->decode_step(real_token, logits_real, spec_token_out, &err);
+    return st == SPECODE_OK ? st : set_error(st, err);
+  } catch (const std::bad_alloc &) {
+    return set_error(SPECODE_ERR_NOMEM, "decode_spec: out of memory");
+  }
+}
+
+int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t *tokens, uint32_t n_tokens,
+                                      uint32_t *n_cached) {
+  if (!ctx || !n_cached || (!tokens && n_tokens))
+    return set_error(SPECODE_ERR_ARGUMENT, "context_cached_prefix: null argument");
+  *n_cached = (uint32_t)ctx->impl->cached_prefix(tokens, (int)n_tokens);
+  return SPECODE_OK;
+}
+
+int32_t specode_context_metrics(const specode_context *ctx, specode_kv_metrics *out) {
+  if (!ctx || !out) return set_error(SPECODE_ERR_ARGUMENT, "context_metrics: null argument");
+  ctx->impl->metrics(out);
+  return SPECODE_OK;
+}
+
+void specode_context_reset_metrics(specode_context *ctx) {
+  if (ctx) ctx->impl->reset_metrics();
+}
 
 specode_sampler_params specode_sampler_default_params(void) {
   specode_sampler_params p{};

@@ -13,6 +13,44 @@
 
 namespace specode {
 
+// What one forward pass is; the context tells the policy before layer 0.
+struct KvPass {
+  int pos0 = 0;                     // position of the first token
+  int n = 0;                        // tokens (query rows) in the pass
+  int n_keep = 0;                   // the first n_keep tokens' K/V are appended to the cache; the
+                                    // rest are speculative: attended, then discarded
+  const int32_t *tokens = nullptr;  // [n] token ids (paged policies hash the kept ones)
+  bool decode = false;              // a generation step: a policy may attend approximately and
+                                    // fetch; false: prefill, exact attention
+  int select_row = -1;              // the token whose attention row chooses the rows to fetch for
+                                    // the next step (SpeCache); -1: none
+};
+
+// What a policy holds and moves, for specode_context_metrics(). "Device"
+// bytes are what the accelerator would hold (the CPU backend keeps them in
+// RAM and counts them the same way).
+struct KvMetrics {
+  uint64_t device_lowbit_bytes = 0;    // low-bit copy: codes + fp16 scales/zeros
+  uint64_t device_residual_bytes = 0;  // fp16 residual window (allocated)
+  uint64_t device_prefetch_bytes = 0;  // fp16 prefetch buffers (allocated)
+  uint64_t device_full_bytes = 0;      // full-precision rows on device (full: the whole cache;
+                                       // offload-all: the rows staged for one layer)
+  uint64_t host_bytes = 0;             // host pages allocated (in use and cached)
+  uint64_t n_tokens = 0;               // tokens held
+  uint64_t n_lowbit_tokens = 0;        // of which in the low-bit copy (per layer)
+  uint64_t n_residual_tokens = 0;      // of which in the fp16 residual (per layer)
+  uint64_t fetch_bytes_total = 0;      // host -> device bytes copied by decode steps
+  uint64_t fetch_bytes_last = 0;       // ... by the last decode step
+  uint64_t stall_ns_total = 0;         // time the forward pass waited on fetches
+  uint64_t stall_ns_last = 0;          // ... in the last decode step
+  uint64_t overlap_samples = 0;        // (layer, kv head) pairs measured (measure mode)
+  double overlap_sum = 0;              // Σ |speculative top-k ∩ true top-k| / k
+  double mass_recall_sum = 0;          // Σ true attention mass on the fetched rows / on the true top-k
+  uint64_t prefix_reused_tokens = 0;   // tokens taken from cached pages instead of recomputed
+  uint64_t host_pages_referenced = 0;  // pages held by the sequence
+  uint64_t host_pages_cached = 0;      // unreferenced pages kept for prefix reuse (LRU)
+};
+
 struct KvShape {
   int n_layer = 0;
   int n_head = 0;     // query heads
@@ -40,6 +78,25 @@ class KvCache {
 
   // Bytes held for K/V.
   virtual uint64_t bytes() const = 0;
+
+  // Called before layer 0 and after the last layer of every forward pass.
+  // begin_pass returns false when the cache cannot hold pass.n_keep more
+  // tokens. Policies that keep every row resident need neither.
+  virtual bool begin_pass(const KvPass &pass) { return true; }
+  virtual void end_pass() {}
+
+  // Paged policies: extend the held tokens with cached pages whose prefix
+  // chain continues them with next[0..n); returns how many tokens were
+  // added (their K/V is then held without recomputing them).
+  virtual int adopt_cached(const int32_t *next, int n) { return 0; }
+  // Leading tokens of tokens[0..n) that cached pages hold (0 for unpaged).
+  virtual int cached_prefix(const int32_t *tokens, int n) const { return 0; }
+
+  virtual void metrics(KvMetrics *out) const {
+    *out = KvMetrics{};
+    out->device_full_bytes = bytes();
+  }
+  virtual void reset_metrics() {}
 
  protected:
   KvShape shape_;

@@ -31,6 +31,76 @@ export interface ContextOptions {
   kvType?: 'f16' | 'f32';
   /** Worker threads (default: the model's). */
   threads?: number;
+  /**
+   * KV policy (default 'full'). The others keep every row in fp16 host pages and reuse
+   * cached pages of an unchanged prefix: 'offload-all' copies every row each step (naive
+   * baseline); 'specache' keeps a low-bit copy + fp16 residual on the device and prefetches
+   * the top-k rows chosen by a speculative token one step ahead; 'specache-sync' fetches the
+   * real token's true top-k synchronously (ablation).
+   */
+  policy?: KvPolicy;
+  /** specache*: bits of the low-bit copy, 1 or 2 (default 2). */
+  bits?: 1 | 2;
+  /** specache*: quantization group, 32 or 64 (default 64). */
+  group?: 32 | 64;
+  /** specache*: fp16 rows fetched per layer per KV head (default 64). */
+  topk?: number;
+  /** specache*: newest tokens kept in fp16, a multiple of group (default 64). */
+  residual?: number;
+  /** Paged policies: tokens per host page (default 64). */
+  pageTokens?: number;
+  /** specache: also compute each real token's true top-k to report top-k overlap (slow). */
+  measure?: boolean;
+}
+
+export type KvPolicy = 'full' | 'offload-all' | 'specache' | 'specache-sync';
+
+/** What the KV policy holds and moves ("device" = accelerator tier; in RAM on the CPU backend). */
+export interface KvMetrics {
+  policy: KvPolicy;
+  deviceWeightBytes: number;
+  /** Low-bit K/V copy: codes + fp16 scales/zeros. */
+  deviceLowbitBytes: number;
+  /** fp16 residual window (allocated). */
+  deviceResidualBytes: number;
+  /** fp16 prefetch buffers (allocated). */
+  devicePrefetchBytes: number;
+  /** Full-precision rows on device: the whole cache (full) or one layer's staged rows (offload-all). */
+  deviceFullBytes: number;
+  /** Sum of the four device KV kinds. */
+  deviceKvBytes: number;
+  /** Host pages allocated (in use and cached). */
+  hostKvBytes: number;
+  /** The held tokens' K/V in fp16. */
+  fp16KvBytes: number;
+  /** fp16KvBytes / deviceKvBytes. */
+  compressionRatio: number;
+  nTokens: number;
+  nLowbitTokens: number;
+  nResidualTokens: number;
+  fetchBytesTotal: number;
+  fetchBytesLast: number;
+  /** Time decode waited on fetches. */
+  stallNsTotal: number;
+  stallNsLast: number;
+  /** Wall time of single-token decode steps. */
+  stepNsTotal: number;
+  stepNsLast: number;
+  steps: number;
+  specChecked: number;
+  specMatched: number;
+  /** Speculative token == next real token, over checked steps. */
+  specMatchRate: number;
+  /** (step, layer, KV head) triples measured; 0 unless `measure`. */
+  overlapSamples: number;
+  /** Mean |speculative top-k ∩ true top-k| / k. */
+  topkOverlap: number;
+  /** Mean true attention mass on the fetched rows / on the true top-k. */
+  topkMassRecall: number;
+  /** Tokens taken from cached pages instead of recomputed. */
+  prefixReusedTokens: number;
+  hostPagesReferenced: number;
+  hostPagesCached: number;
 }
 
 export interface DecodeOptions {
@@ -45,10 +115,27 @@ export interface NativeContext {
   readonly nPast: number;
   /** Process tokens at positions nPast.. ; resolves with logits (or null when not wanted). */
   decode(tokens: Int32Array, opts?: DecodeOptions): Promise<Float32Array | null>;
+  /**
+   * One generation step for `token` at position nPast (see specode_decode_spec): under
+   * 'specache' the real and the speculative token run in one pass; 'full' runs the same
+   * two-token step with exact attention; other policies run a plain step and report
+   * specToken -1. specToken is the engine's guess of the token the caller will choose from
+   * `logits`.
+   */
+  decodeSpec(token: number): Promise<{ logits: Float32Array; specToken: number }>;
   /** Drop cached positions >= nKeep. */
   truncate(nKeep: number): void;
   /** Stop a running decode at the next chunk boundary (it rejects with code 'CANCELLED'). */
   cancel(): void;
+  /**
+   * KV metrics as of the last finished decode (safe while one runs). A one-token decode is
+   * a generation step; under 'specache' it runs the real and the speculative token together.
+   */
+  metrics(): KvMetrics;
+  /** Zero the counters (fetch, stall, steps, speculation, overlap); not while a decode runs. */
+  resetMetrics(): void;
+  /** Leading tokens a decode of `tokens` would not recompute (held, or in cached host pages). */
+  cachedPrefix(tokens: Int32Array): number;
   free(): void;
 }
 

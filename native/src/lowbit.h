@@ -1,0 +1,96 @@
+// lowbit.h — the low-bit KV copy in KIVI's layout, and attention computed
+// straight from its codes (the cache is never dequantized as a whole).
+//
+// Per (layer, kv head) stream:
+//   keys   — per channel: a group is g consecutive tokens of one channel;
+//   values — per token:   a group is vg = min(g, head_dim) consecutive channels.
+// 2-bit: scale = (max - min)/3, zero = min, levels zero + scale·{0,1,2,3}.
+// 1-bit: scale = (max - min)/2, zero = (3·min + max)/4: the threshold is the
+//        midpoint and the two levels are the quartiles.
+// code = clamp(floor((x - zero)/scale + 1/2), 0, 2^bits - 1) with the fp16
+// scale and zero; every group stores its scale and zero in fp16.
+//
+// Score from codes, per key group and query row q (channels c):
+//   q·k_j = Σ_c (q_c·scale_c)·code_jc + Σ_c q_c·zero_c,
+// so q_c·scale_c and Σ q_c·zero_c are computed once per group; per token only
+// the 2-bit (1-bit) codes are read. Values likewise: Σ_j p_j v_j =
+// Σ_j (p_j·scale_j)·code_j + Σ_j p_j·zero_j per channel group.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace specode {
+
+struct LowbitScratch;
+
+struct LowbitConfig {
+  int head_dim = 64;
+  int bits = 2;    // 1 or 2
+  int group = 64;  // g: tokens per key group; channels per value group = min(g, head_dim)
+};
+
+// Scale and zero (fp16-rounded) of a group whose values span [mn, mx].
+void lowbit_params(float mn, float mx, int bits, float *scale, float *zero);
+// The clamped code of x for a group's (scale, zero); 0 when scale is 0.
+int lowbit_code(float x, float scale, float zero, int bits);
+
+class LowbitStream {
+ public:
+  LowbitStream() = default;
+  explicit LowbitStream(const LowbitConfig &cfg) { init(cfg); }
+  void init(const LowbitConfig &cfg);
+
+  const LowbitConfig &config() const { return cfg_; }
+  int size() const { return n_; }  // tokens held, a multiple of group
+  // Appends n tokens (a multiple of group). k, v: [n][head_dim] fp32.
+  void append(const float *k, const float *v, int n);
+  // Keeps the first n tokens (a multiple of group).
+  void truncate(int n);
+  // Bytes held for size() tokens: codes plus fp16 scales and zeros.
+  uint64_t bytes() const { return bytes_for(cfg_, n_); }
+  static uint64_t bytes_for(const LowbitConfig &cfg, int64_t n_tokens);
+  // Decoded rows [t0, t1): k, v: [t1 - t0][head_dim]. For tests and checks
+  // only; attention never calls it.
+  void dequantize(int t0, int t1, float *k, float *v) const;
+
+ private:
+  friend void lowbit_attend(const LowbitStream &, int, int, const float *, int, const uint64_t *, float *, float *,
+                            float *, float *, LowbitScratch &);
+  LowbitConfig cfg_;
+  int vgroup_ = 0;     // channels per value group
+  int row_bytes_ = 0;  // packed codes of one token: head_dim * bits / 8
+  int n_ = 0;
+  std::vector<uint8_t> kcodes_;           // [n][row_bytes], channel c at bit (c % (8/bits)) * bits of byte c / (8/bits)
+  std::vector<uint16_t> kscale_, kzero_;  // [n / group][head_dim] fp16
+  std::vector<uint8_t> vcodes_;           // [n][row_bytes]
+  std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16
+};
+
+// Per-thread work space for lowbit_attend (grows on demand).
+struct LowbitScratch {
+  std::vector<float> qs;     // [n_rows][head_dim]  q_c * scale_c of the current key group
+  std::vector<float> qz;     // [n_rows]            Σ q_c * zero_c
+  std::vector<float> codes;  // [head_dim]          one token's codes as floats
+  std::vector<float> kscale, kzero;  // [head_dim]  the current key group's scales and zeros
+  std::vector<float> zacc;   // [n_rows][head_dim / vgroup]
+};
+
+// One piece of a split softmax: attention of n_rows query rows over the
+// stream's tokens [t0, t1) (multiples of group; t1 <= size()).
+//   q:    [n_rows][head_dim] fp32, already multiplied by 1/sqrt(head_dim)
+//   skip: bitset over positions (bit j of word j/64); a set bit means the row
+//         is attended elsewhere in fp16 and is left out here; may be null
+//   p:    [n_rows][t1 - t0] out: exp(score - m[r]), 0 for skipped positions
+//   m, l: [n_rows] out: max score (-inf if nothing scored) and Σ p
+//   acc:  [n_rows][head_dim] out: Σ_j p_j v_j / l (0 if nothing scored)
+void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_rows, const uint64_t *skip, float *p,
+                   float *m, float *l, float *acc, LowbitScratch &scratch);
+
+// Merges the split-softmax piece (m_b, l_b, acc_b) into (m_a, l_a, acc_a):
+// m the pieces' max score, l = Σ exp(score - m), acc the piece's normalized
+// output. An empty piece (m = -inf) changes nothing, and merging into an
+// empty piece copies, so a softmax made of one piece is bit-identical to it.
+void softmax_merge(float *m_a, float *l_a, float *acc_a, float m_b, float l_b, const float *acc_b, int head_dim);
+
+}  // namespace specode

@@ -1,0 +1,209 @@
+// Low-bit KV copy (KIVI layout): quantization error bounds for 1 and 2 bits,
+// code clamping, the bytes it holds, and attention computed from the codes
+// against attention over the dequantized rows.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "lowbit.h"
+#include "testing.h"
+
+using specode::LowbitConfig;
+using specode::LowbitStream;
+
+namespace {
+
+// Rows that look like keys: a few channels with large outliers, as real
+// models have (the reason keys are quantized per channel).
+std::vector<float> kv_rows(int n, int hd, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x((size_t)n * hd);
+  for (int t = 0; t < n; ++t)
+    for (int c = 0; c < hd; ++c) x[(size_t)t * hd + c] = nd(rng) * (c % 13 == 0 ? 8.0f : 1.0f) + (c % 7) * 0.5f;
+  return x;
+}
+
+struct Range {
+  float mn = INFINITY, mx = -INFINITY;
+  void add(float x) {
+    mn = std::fmin(mn, x);
+    mx = std::fmax(mx, x);
+  }
+};
+
+}  // namespace
+
+TEST(lowbit_error_bounds_1_and_2_bit) {
+  for (int bits : {1, 2})
+    for (int g : {32, 64}) {
+      const int HD = 64, n = 4 * 64;
+      LowbitStream s(LowbitConfig{HD, bits, g});
+      auto k = kv_rows(n, HD, 7 + bits), v = kv_rows(n, HD, 99 + g);
+      s.append(k.data(), v.data(), n / 2);
+      s.append(k.data() + (size_t)n / 2 * HD, v.data() + (size_t)n / 2 * HD, n / 2);
+      CHECK(s.size() == n);
+      std::vector<float> kd((size_t)n * HD), vd((size_t)n * HD);
+      s.dequantize(0, n, kd.data(), vd.data());
+      // |x - x̂| <= step/2 where step = (max - min)/3 (2-bit) or the 1-bit
+      // quartile spacing (max - min)/2; plus fp16 rounding of scale and zero.
+      const float div = bits == 2 ? 3.0f : 2.0f;
+      int bad = 0;
+      double err_sum = 0, range_sum = 0;
+      for (int grp = 0; grp < n / g; ++grp)
+        for (int c = 0; c < HD; ++c) {
+          Range r;
+          for (int j = 0; j < g; ++j) r.add(k[((size_t)grp * g + j) * HD + c]);
+          const float bound = (r.mx - r.mn) / div / 2 + 2e-3f * (std::fabs(r.mn) + std::fabs(r.mx)) + 1e-6f;
+          for (int j = 0; j < g; ++j) {
+            size_t at = ((size_t)grp * g + j) * HD + c;
+            float e = std::fabs(k[at] - kd[at]);
+            if (e > bound) ++bad;
+            err_sum += e;
+          }
+          range_sum += (r.mx - r.mn) * g;
+        }
+      const int vg = std::min(g, HD);
+      for (int t = 0; t < n; ++t)
+        for (int gi = 0; gi < HD / vg; ++gi) {
+          Range r;
+          for (int c = 0; c < vg; ++c) r.add(v[(size_t)t * HD + gi * vg + c]);
+          const float bound = (r.mx - r.mn) / div / 2 + 2e-3f * (std::fabs(r.mn) + std::fabs(r.mx)) + 1e-6f;
+          for (int c = 0; c < vg; ++c) {
+            size_t at = (size_t)t * HD + gi * vg + c;
+            if (std::fabs(v[at] - vd[at]) > bound) ++bad;
+          }
+        }
+      CHECK(bad == 0);
+      // Mean error well below the worst case (codes are actually used).
+      CHECK(err_sum / range_sum < (bits == 2 ? 0.12 : 0.2));
+    }
+}
+
+TEST(lowbit_levels_are_exact) {
+  // 2-bit: values on the four levels come back (nearly) exactly. 1-bit: a
+  // group spanning [min, max] decodes to its quartiles.
+  const int HD = 8, g = 32;
+  std::vector<float> k((size_t)g * HD), v((size_t)g * HD);
+  for (int j = 0; j < g; ++j)
+    for (int c = 0; c < HD; ++c) {
+      k[(size_t)j * HD + c] = -1.0f + 0.5f * (float)(j % 4);  // levels -1, -0.5, 0, 0.5
+      v[(size_t)j * HD + c] = (c % 2) ? 4.0f : -4.0f;
+    }
+  LowbitStream two(LowbitConfig{HD, 2, g});
+  two.append(k.data(), v.data(), g);
+  std::vector<float> kd(k.size()), vd(v.size());
+  two.dequantize(0, g, kd.data(), vd.data());
+  float worst = 0;
+  for (size_t i = 0; i < k.size(); ++i) worst = std::fmax(worst, std::fabs(kd[i] - k[i]));
+  CHECK(worst < 1e-3f);
+  LowbitStream one(LowbitConfig{HD, 1, g});
+  one.append(k.data(), v.data(), g);
+  one.dequantize(0, g, kd.data(), vd.data());
+  // keys span [-1, 0.5]: quartiles -0.625 and 0.125; threshold -0.25.
+  CHECK_NEAR(kd[0 * HD], -0.625f, 1e-3);   // -1
+  CHECK_NEAR(kd[1 * HD], -0.625f, 1e-3);   // -0.5
+  CHECK_NEAR(kd[2 * HD], 0.125f, 1e-3);    // 0
+  CHECK_NEAR(kd[3 * HD], 0.125f, 1e-3);    // 0.5
+  CHECK_NEAR(vd[0], -2.0f, 1e-3);          // values span [-4, 4]: quartiles ±2
+  CHECK_NEAR(vd[1], 2.0f, 1e-3);
+}
+
+TEST(lowbit_codes_are_clamped) {
+  float s, z;
+  specode::lowbit_params(0.0f, 3.0f, 2, &s, &z);
+  CHECK_NEAR(s, 1.0f, 0);
+  CHECK_NEAR(z, 0.0f, 0);
+  CHECK(specode::lowbit_code(-100.0f, s, z, 2) == 0);
+  CHECK(specode::lowbit_code(100.0f, s, z, 2) == 3);
+  CHECK(specode::lowbit_code(1.49f, s, z, 2) == 1);
+  CHECK(specode::lowbit_code(1.51f, s, z, 2) == 2);
+  specode::lowbit_params(0.0f, 4.0f, 1, &s, &z);  // zero 1, scale 2, threshold 2
+  CHECK_NEAR(s, 2.0f, 0);
+  CHECK_NEAR(z, 1.0f, 0);
+  CHECK(specode::lowbit_code(0.0f, s, z, 1) == 0);   // (0-1)/2 = -0.5 rounds to -1 before clamping
+  CHECK(specode::lowbit_code(4.0f, s, z, 1) == 1);   // 1.5 rounds to 2 before clamping
+  CHECK(specode::lowbit_code(1.99f, s, z, 1) == 0);
+  CHECK(specode::lowbit_code(2.0f, s, z, 1) == 1);
+  CHECK(specode::lowbit_code(1e30f, s, z, 1) == 1);
+  CHECK(specode::lowbit_code(5.0f, 0.0f, 5.0f, 2) == 0);  // constant group
+  CHECK(specode::lowbit_code(NAN, s, z, 2) == 0);
+}
+
+TEST(lowbit_bytes_per_token) {
+  // head_dim 64, g 64: codes 2*16 B (2-bit) or 2*8 B (1-bit) per token, plus
+  // the fp16 scale and zero: keys 64 ch * 4 B per 64 tokens, values 4 B/token.
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 64}, 64) == 64 * 40);
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 1, 64}, 64) == 64 * 24);
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 32}, 64) == 64 * 48);
+  LowbitStream s(LowbitConfig{64, 2, 64});
+  auto k = kv_rows(128, 64, 3);
+  s.append(k.data(), k.data(), 128);
+  CHECK(s.bytes() == 128 * 40);
+  s.truncate(64);
+  CHECK(s.bytes() == 64 * 40 && s.size() == 64);
+}
+
+TEST(lowbit_attention_from_codes_matches_dequantized) {
+  for (int bits : {1, 2})
+    for (int g : {32, 64}) {
+      const int HD = 64, n = 6 * 64, rows = 5;
+      LowbitStream s(LowbitConfig{HD, bits, g});
+      auto k = kv_rows(n, HD, 11 * bits + g), v = kv_rows(n, HD, 5 + g);
+      s.append(k.data(), v.data(), n);
+      std::mt19937 rng(g + bits);
+      std::normal_distribution<float> nd(0.0f, 0.3f);
+      std::vector<float> q((size_t)rows * HD);
+      for (auto &x : q) x = nd(rng);
+      std::vector<uint64_t> skip((n + 63) / 64, 0);
+      for (int pos = 3; pos < n; pos += 17) skip[pos >> 6] |= 1ull << (pos & 63);
+
+      // Split softmax over two pieces, merged.
+      const int cut = 2 * g;
+      std::vector<float> p1((size_t)rows * cut), p2((size_t)rows * (n - cut)), m1(rows), l1(rows), m2(rows), l2(rows),
+          a1((size_t)rows * HD), a2((size_t)rows * HD);
+      specode::LowbitScratch scratch;
+      specode::lowbit_attend(s, 0, cut, q.data(), rows, skip.data(), p1.data(), m1.data(), l1.data(), a1.data(), scratch);
+      specode::lowbit_attend(s, cut, n, q.data(), rows, skip.data(), p2.data(), m2.data(), l2.data(), a2.data(), scratch);
+      std::vector<float> m, l(rows);
+      m = m1;
+      l = l1;
+      std::vector<float> out = a1;
+      for (int r = 0; r < rows; ++r)
+        specode::softmax_merge(&m[r], &l[r], &out[(size_t)r * HD], m2[r], l2[r], &a2[(size_t)r * HD], HD);
+
+      // Reference: ordinary attention over the dequantized rows.
+      std::vector<float> kd((size_t)n * HD), vd((size_t)n * HD);
+      s.dequantize(0, n, kd.data(), vd.data());
+      double worst = 0, worst_p = 0;
+      for (int r = 0; r < rows; ++r) {
+        std::vector<double> prob(n, 0.0);
+        double mx = -INFINITY;
+        for (int j = 0; j < n; ++j) {
+          if ((skip[j >> 6] >> (j & 63)) & 1) continue;
+          double d = 0;
+          for (int c = 0; c < HD; ++c) d += (double)q[(size_t)r * HD + c] * kd[(size_t)j * HD + c];
+          prob[j] = d;
+          mx = std::fmax(mx, d);
+        }
+        double sum = 0;
+        std::vector<double> ref(HD, 0.0);
+        for (int j = 0; j < n; ++j) {
+          if ((skip[j >> 6] >> (j & 63)) & 1) continue;
+          prob[j] = std::exp(prob[j] - mx);
+          sum += prob[j];
+          for (int c = 0; c < HD; ++c) ref[c] += prob[j] * vd[(size_t)j * HD + c];
+        }
+        for (int c = 0; c < HD; ++c) worst = std::fmax(worst, std::fabs(ref[c] / sum - out[(size_t)r * HD + c]));
+        // The per-position weights (what top-k selection reads): piece-relative
+        // exp(score - m_piece), scaled by exp(m_piece - m) / l, are the probabilities.
+        for (int j = 0; j < n; ++j) {
+          double got = j < cut ? p1[(size_t)r * cut + j] * std::exp(m1[r] - m[r]) / l[r]
+                               : p2[(size_t)r * (n - cut) + (j - cut)] * std::exp(m2[r] - m[r]) / l[r];
+          worst_p = std::fmax(worst_p, std::fabs(got - prob[j] / sum));
+        }
+      }
+      CHECK(worst < 1e-4);
+      CHECK(worst_p < 1e-5);
+    }
+}

@@ -1,0 +1,160 @@
+// SpeCache through the addon on a real model: with a top-k that covers the
+// whole context, specache must give full's greedy tokens and logits; with a
+// small top-k it must report its figures (compression, fetched bytes, stall,
+// speculative-token match rate, top-k overlap).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readGguf } from '../../server/src/engine/gguf';
+import { loadAddon, type NativeContext, type NativeModel } from '../../server/src/engine/native';
+import { Tokenizer } from '../../server/src/engine/tokenizer';
+import { findModel, modelMissingMessage } from './helpers';
+
+const modelPath = findModel('smollm2-135m');
+
+// Real code, so attention has structure to find.
+const SOURCE = `
+export function parseArgs(argv: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) continue;
+    const eq = a.indexOf('=');
+    if (eq > 0) out.set(a.slice(2, eq), a.slice(eq + 1));
+    else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) out.set(a.slice(2), argv[++i]);
+    else out.set(a.slice(2), 'true');
+  }
+  return out;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) {
+    n /= 1024;
+    u++;
+  }
+  return n.toFixed(u === 0 ? 0 : 1) + ' ' + units[u];
+}
+
+export class LruCache<K, V> {
+  private map = new Map<K, V>();
+  constructor(private readonly capacity: number) {}
+  get(key: K): V | undefined {
+    const v = this.map.get(key);
+    if (v === undefined) return undefined;
+    this.map.delete(key);
+    this.map.set(key, v);
+    return v;
+  }
+  set(key: K, value: V): void {
+    this.map.delete(key);
+    this.map.set(key, value);
+    while (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value as K);
+  }
+}
+
+// Usage: const cache = new LruCache<string, number>(16); cache.set('a', 1);
+export function`;
+
+function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
+
+async function setup(): Promise<{ model: NativeModel; prompt: Int32Array }> {
+  const tok = Tokenizer.fromGguf(await readGguf(modelPath!));
+  const model = await loadAddon().loadModel(modelPath!, { threads: 2 });
+  return { model, prompt: Int32Array.from(tok.encode(SOURCE)) };
+}
+
+test('specache with top-k covering the context matches full', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+  const { model, prompt } = await setup();
+  const nCtx = 512;
+  // plain: full's ordinary one-token steps. full: full's decodeSpec, the same
+  // two-token step with exact attention, whose speculative token must match.
+  const full = model.createContext({ nCtx, policy: 'full' });
+  const plain = model.createContext({ nCtx, policy: 'full' });
+  const spec = model.createContext({ nCtx, policy: 'specache', topk: nCtx, bits: 2 });
+  try {
+    let lf = (await full.decode(prompt))!;
+    const lp0 = (await plain.decode(prompt))!;
+    const ls0 = (await spec.decode(prompt))!;
+    assert.deepEqual(ls0, lp0, 'prefill logits differ');
+    let worst = 0;
+    let worstPlain = 0;
+    let sameAsPlain = 0;
+    const steps = 20;
+    for (let step = 0; step < steps; step++) {
+      const t = argmax(lf);
+      const a = await full.decodeSpec(t);
+      const b = await spec.decodeSpec(t);
+      const c = (await plain.decode(Int32Array.of(t)))!;
+      assert.equal(b.specToken, a.specToken, `step ${step}: speculative tokens differ`);
+      for (let i = 0; i < a.logits.length; i++) {
+        worst = Math.max(worst, Math.abs(a.logits[i] - b.logits[i]));
+        worstPlain = Math.max(worstPlain, Math.abs(c[i] - b.logits[i]));
+      }
+      if (argmax(b.logits) === argmax(c)) sameAsPlain++;
+      lf = c;
+    }
+    console.log(
+      `top-k covering the context, ${steps} steps: max |logit diff| vs full ${worstPlain}, ` +
+        `vs full's two-token step ${worst}; greedy tokens equal ${sameAsPlain}/${steps}`,
+    );
+    assert.equal(sameAsPlain, steps);
+    assert.ok(worstPlain <= 1e-3, `max |logit difference| vs full ${worstPlain} > 1e-3`);
+    assert.ok(worst <= 1e-3, `max |logit difference| vs full's two-token step ${worst} > 1e-3`);
+    const m = spec.metrics();
+    assert.equal(m.policy, 'specache');
+    assert.equal(m.steps, steps);
+    assert.equal(m.nTokens, prompt.length + steps);
+  } finally {
+    full.free();
+    plain.free();
+    spec.free();
+    model.free();
+  }
+});
+
+test('specache reports compression, fetch, stall, match rate and top-k overlap', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+  const { model, prompt } = await setup();
+  const topk = 16;
+  const ctx: NativeContext = model.createContext({ nCtx: 1024, policy: 'specache', topk, bits: 2, measure: true });
+  try {
+    let logits = (await ctx.decode(prompt))!;
+    ctx.resetMetrics();
+    const steps = 12;
+    for (let i = 0; i < steps; i++) logits = (await ctx.decode(Int32Array.of(argmax(logits))))!;
+    const m = ctx.metrics();
+    const info = model.info();
+    assert.equal(m.steps, steps);
+    assert.equal(m.specChecked, steps - 1);
+    assert.ok(m.specMatchRate >= 0 && m.specMatchRate <= 1);
+    assert.ok(m.overlapSamples > 0, 'no top-k overlap measured');
+    assert.ok(m.topkOverlap > 0 && m.topkOverlap <= 1, `overlap ${m.topkOverlap}`);
+    assert.equal(m.fetchBytesLast, info.nLayer * info.nHeadKv * topk * info.headDim * 2 * 2);
+    assert.ok(m.stallNsTotal >= 0 && m.stepNsTotal > 0);
+    assert.ok(m.deviceLowbitBytes > 0 && m.hostKvBytes >= m.fp16KvBytes);
+    assert.equal(m.deviceKvBytes, m.deviceLowbitBytes + m.deviceResidualBytes + m.devicePrefetchBytes + m.deviceFullBytes);
+    assert.equal(ctx.cachedPrefix(prompt), prompt.length);
+    console.log(
+      `specache k=${topk} @${m.nTokens} tokens: match ${m.specMatchRate.toFixed(3)}, overlap ${m.topkOverlap.toFixed(3)}, ` +
+        `mass recall ${m.topkMassRecall.toFixed(3)}, compression ${m.compressionRatio.toFixed(2)}, ` +
+        `stall ${(m.stallNsTotal / 1e6).toFixed(3)} ms of ${(m.stepNsTotal / 1e6).toFixed(1)} ms`,
+    );
+  } finally {
+    ctx.free();
+    model.free();
+  }
+});
+
+test('createContext rejects an unknown policy', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+  const model = await loadAddon().loadModel(modelPath!, { threads: 1 });
+  try {
+    assert.throws(() => model.createContext({ policy: 'magic' as never }), /policy must be/);
+    assert.throws(() => model.createContext({ nCtx: 64, policy: 'specache', bits: 3 as never }), /kv_bits/);
+  } finally {
+    model.free();
+  }
+});
