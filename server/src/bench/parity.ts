@@ -5,7 +5,7 @@
 //                   at each position, is our argmax its token?
 import { join } from 'node:path';
 import { Session } from '../engine/session';
-import { envelope, log, realSourceFiles, type Envelope } from './common';
+import { envelope, log, projectRoot, realSourceFiles, type Envelope } from './common';
 import { loadPeer } from './peer';
 import { runTokenizerParity } from './tokenizer-parity';
 
@@ -32,7 +32,7 @@ export async function benchParity(o: ParityOptions): Promise<Envelope> {
   const peer = await loadPeer(o.modelPath, { threads: o.threads, contextSize: 2048 });
   try {
     // 20 varied prompts: the head of real source files of different kinds.
-    const root = join(__dirname, '..', '..', '..');
+    const root = projectRoot();
     const files = realSourceFiles([join(root, 'node_modules'), join(root, 'bench/peer/node_modules')], 4 << 20);
     const byExt = new Map<string, { path: string; text: string }[]>();
     for (const f of files) {

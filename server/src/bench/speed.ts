@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { loadAddon } from '../engine/native';
 import { Session } from '../engine/session';
-import { envelope, log, median, realSourceFiles, type Envelope } from './common';
+import { envelope, log, projectRoot, median, realSourceFiles, type Envelope } from './common';
 import { loadPeer } from './peer';
 
 export interface SpeedOptions {
@@ -39,7 +39,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
   const nDecode = o.decodeTokens ?? 32;
   const maxCtx = Math.max(...o.contexts);
   const session = await Session.open(o.modelPath, { nCtx: maxCtx + nDecode + 8, threads: o.threads, nBatch: 256 });
-  const root = join(__dirname, '..', '..', '..');
+  const root = projectRoot();
   // Real code: concatenated installed sources, tokenized once.
   const corpus = realSourceFiles([join(root, 'node_modules')], 1 << 20).map((f) => f.text).join('\n');
   const allIds = session.tokenizer.encode(corpus, { addSpecial: false, parseSpecial: false });
