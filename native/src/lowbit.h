@@ -69,11 +69,12 @@ class LowbitStream {
 
 // Per-thread work space for lowbit_attend (grows on demand).
 struct LowbitScratch {
-  std::vector<float> qs;     // [n_rows][head_dim]  q_c * scale_c of the current key group
-  std::vector<float> qz;     // [n_rows]            Σ q_c * zero_c
-  std::vector<float> codes;  // [head_dim]          one token's codes as floats
-  std::vector<float> kscale, kzero;  // [head_dim]  the current key group's scales and zeros
-  std::vector<float> zacc;   // [n_rows][head_dim / vgroup]
+  std::vector<float> qs;             // [head_dim]          q_c * scale_c, one row, current key group
+  std::vector<float> codes;          // [group][head_dim]   the current group's codes as floats
+  std::vector<float> kscale, kzero;  // [head_dim]          the current key group's scales and zeros
+  std::vector<float> weights;        // [group][head_dim / vgroup]  p_j * value scale
+  std::vector<float> vparams;        // [group][head_dim / vgroup][2]  value scale, zero
+  std::vector<float> zacc;           // [n_rows][head_dim / vgroup]  Σ p_j * value zero
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the
@@ -86,6 +87,9 @@ struct LowbitScratch {
 //   acc:  [n_rows][head_dim] out: Σ_j p_j v_j / l (0 if nothing scored)
 void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_rows, const uint64_t *skip, float *p,
                    float *m, float *l, float *acc, LowbitScratch &scratch);
+
+// Tests: use the scalar inner loops even where AVX2 is available.
+void lowbit_force_scalar(bool on);
 
 // Merges the split-softmax piece (m_b, l_b, acc_b) into (m_a, l_a, acc_a):
 // m the pieces' max score, l = Σ exp(score - m), acc the piece's normalized

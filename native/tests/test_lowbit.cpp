@@ -145,8 +145,10 @@ TEST(lowbit_bytes_per_token) {
 }
 
 TEST(lowbit_attention_from_codes_matches_dequantized) {
+  for (bool scalar : {true, false})
   for (int bits : {1, 2})
     for (int g : {32, 64}) {
+      specode::lowbit_force_scalar(scalar);  // both inner-loop sets (AVX2 where the CPU has it)
       const int HD = 64, n = 6 * 64, rows = 5;
       LowbitStream s(LowbitConfig{HD, bits, g});
       auto k = kv_rows(n, HD, 11 * bits + g), v = kv_rows(n, HD, 5 + g);
@@ -206,4 +208,5 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
       CHECK(worst < 1e-4);
       CHECK(worst_p < 1e-5);
     }
+  specode::lowbit_force_scalar(false);
 }
