@@ -710,8 +710,11 @@ namespace {
 inline float quant_block_scalar(const float *x, int n, int8_t *q) {
   float amax = 0.0f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-  for (int i = 0; i < n; ++i) q[i] = (int8_t)std::nearbyint(x[i] * id);
+  const float id = amax > kActTiny ? 127.0f / amax : 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const long v = std::lrint(x[i] * id);  // round half to even, like cvtps2dq
+    q[i] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+  }
   return amax / 127.0f;
 }
 

@@ -21,6 +21,12 @@ namespace {
 
 constexpr int kL = 16;       // rows per tile (lanes)
 constexpr int kChunk = 512;  // columns decoded at a time
+// Tiles read kL rows side by side, which the hardware prefetcher follows poorly: each chunk
+// prefetches (into L2) the matching slice of the tile about this many bytes ahead.
+#ifndef SPECODE_QK_TILE_PREFETCH
+#define SPECODE_QK_TILE_PREFETCH 65536
+#endif
+constexpr size_t kTilePrefetchBytes = SPECODE_QK_TILE_PREFETCH;
 constexpr int kMaxNT = 8;    // tokens per register tile
 
 QK_INLINE __m128i ld128(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
@@ -325,8 +331,18 @@ void matmul_tiled(const void *w, int64_t cols, const void *act, int64_t nt, floa
       std::memset(dw, 0, sizeof dw);
       std::memset(mw, 0, sizeof mw);
     }
+    // the next tile's rows are the next kL*rb bytes: prefetch a matching slice per chunk
+    // (decoding reads kL rows side by side, which the hardware prefetcher follows poorly)
+    const size_t tile_bytes = (size_t)kL * rb, nchunks = (size_t)((nsb + SPC - 1) / SPC);
+    const int64_t ahead = std::max<int64_t>(1, (int64_t)(kTilePrefetchBytes / tile_bytes));
+    const int64_t rn = rt + kL * ahead;
+    const uint8_t *next = rn < r1 ? base + (size_t)rn * rb : nullptr;
     for (int64_t sb0 = 0; sb0 < nsb; sb0 += SPC) {
       const int ns = (int)std::min<int64_t>(SPC, nsb - sb0);
+      if (next) {
+        const size_t c = (size_t)(sb0 / SPC), b0 = tile_bytes * c / nchunks, b1 = tile_bytes * (c + 1) / nchunks;
+        for (size_t o = b0 & ~(size_t)63; o < b1; o += 64) _mm_prefetch((const char *)next + o, _MM_HINT_T1);
+      }
       if constexpr (Dec16<T>::kHas) {
         for (int s = 0; s < ns; ++s)
           Dec16<T>::run(tl, sb0 + s, wq + (size_t)s * SB * kL, dw + s * GPS * kL, mw + s * GPS * kL);
@@ -413,11 +429,24 @@ void matmul_float16(const void *w, int64_t cols, const void *act, int64_t nt, fl
   }
 }
 
+// n_tokens up to this run the direct kernels (measured crossover against the VNNI tiles)
+template <DType T>
+constexpr int direct_max() { return T == DType::Q6_K ? 3 : 2; }
+
 template <DType T>
 void matmul_q(const void *w, int64_t cols, const void *act, int64_t nt, float *y, int64_t ys,
               int64_t r0, int64_t r1) {
-  if (nt == 1 && T != DType::Q2_K && T != DType::Q3_K) matmul1<T>(w, cols, act, y, r0, r1);
-  else matmul_tiled<T>(w, cols, act, nt, y, ys, r0, r1);
+  if constexpr (has_direct<T>()) {
+    // few tokens: decode each block once in registers for all of them; more: tiles
+    if (nt == 1) return matmul_direct<T, 1>(w, cols, act, y, ys, r0, r1);
+    if constexpr (direct_max<T>() >= 2)
+      if (nt == 2) return matmul_direct<T, 2>(w, cols, act, y, ys, r0, r1);
+    if constexpr (direct_max<T>() >= 3)
+      if (nt == 3) return matmul_direct<T, 3>(w, cols, act, y, ys, r0, r1);
+    if constexpr (direct_max<T>() >= 4)
+      if (nt == 4) return matmul_direct<T, 4>(w, cols, act, y, ys, r0, r1);
+  }
+  matmul_tiled<T>(w, cols, act, nt, y, ys, r0, r1);
 }
 
 KernelSet make_set() {

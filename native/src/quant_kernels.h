@@ -109,6 +109,8 @@ inline int q3k_scale(const uint8_t *s, int i) {
 // d is the scale of each 32 (A32) or 256 (A256) block, q = round(x / d) in [-127, 127]
 // with d = max|x| / 127; sNN holds the integer sum of q over each NN elements, as float.
 enum class ActFormat { F32, A32, A256, None };
+// Blocks whose max |x| is at most this quantize to zeros (127/amax would overflow).
+constexpr float kActTiny = 1e-30f;
 
 inline ActFormat act_format(DType t) {
   switch (t) {
@@ -249,13 +251,16 @@ QK_INLINE int hsum_epi32(__m256i v) {
 // Software prefetch of the weight stream ahead of the n_tokens == 1 kernels (they stream
 // weights from DRAM; the hardware prefetcher alone leaves some bandwidth unused).
 #ifndef SPECODE_QK_PREFETCH
-#define SPECODE_QK_PREFETCH 1536
+#define SPECODE_QK_PREFETCH 6144
+#endif
+#ifndef SPECODE_QK_PREFETCH_HINT
+#define SPECODE_QK_PREFETCH_HINT _MM_HINT_T0
 #endif
 template <int BYTES>
 QK_INLINE void prefetch_ahead(const void *p) {
   if (SPECODE_QK_PREFETCH > 0) {
     const char *c = (const char *)p + SPECODE_QK_PREFETCH;
-    for (int o = 0; o < BYTES; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+    for (int o = 0; o < BYTES; o += 64) _mm_prefetch(c + o, SPECODE_QK_PREFETCH_HINT);
   }
 }
 
@@ -315,7 +320,7 @@ void prepare_a32_simd(const float *x, int64_t cols, int64_t t0, int64_t t1, void
     const float *xr = x + t * cols;
     for (int64_t b = 0; b < nb; ++b) {
       const float amax = block_amax(xr + 32 * b, 32);
-      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      const float id = amax > kActTiny ? 127.0f / amax : 0.0f;
       __m256i lo, hi;
       quant32(xr + 32 * b, _mm256_set1_ps(id), r.q + 32 * b, lo, hi);
       r.d[b] = amax / 127.0f;
@@ -331,7 +336,7 @@ void prepare_a256_simd(const float *x, int64_t cols, int64_t t0, int64_t t1, voi
     const float *xr = x + t * cols;
     for (int64_t b = 0; b < nsb; ++b) {
       const float amax = block_amax(xr + 256 * b, 256);
-      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      const float id = amax > kActTiny ? 127.0f / amax : 0.0f;
       const __m256 idv = _mm256_set1_ps(id);
       for (int j = 0; j < 8; ++j) {
         __m256i lo, hi;
@@ -406,22 +411,26 @@ QK_INLINE void load_dm8(const B *b, __m256 &d, __m256 &m) {
   m = _mm256_cvtph_ps(_mm_unpackhi_epi64(lo, hi));
 }
 
-template <class LT>
-float row_dot_legacy(const typename LT::B *blk, int64_t nb, const ActRow &a) {
+// Direct kernels: one weight row against NT (1..3) activation rows; every block is decoded
+// once into registers and used for all NT tokens.
+template <class LT, int NT>
+void row_dot_legacy(const typename LT::B *blk, int64_t nb, const ActRow *a, float *out) {
   using B = typename LT::B;
-  __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+  __m256 acc[NT], acc2[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= nb; i += 8) {
     const B *b = blk + i;
     prefetch_ahead<8 * sizeof(B)>(b);
-    const int8_t *q = a.q + 32 * i;
-    const __m256i x01 = _mm256_hadd_epi32(dot4(LT::q(b[0]), loadu256(q)), dot4(LT::q(b[1]), loadu256(q + 32)));
-    const __m256i x23 = _mm256_hadd_epi32(dot4(LT::q(b[2]), loadu256(q + 64)), dot4(LT::q(b[3]), loadu256(q + 96)));
-    const __m256i x45 = _mm256_hadd_epi32(dot4(LT::q(b[4]), loadu256(q + 128)), dot4(LT::q(b[5]), loadu256(q + 160)));
-    const __m256i x67 = _mm256_hadd_epi32(dot4(LT::q(b[6]), loadu256(q + 192)), dot4(LT::q(b[7]), loadu256(q + 224)));
-    const __m256i x = _mm256_hadd_epi32(x01, x23), y = _mm256_hadd_epi32(x45, x67);
-    const __m256i is = _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20),
-                                        _mm256_permute2x128_si256(x, y, 0x31));
+    __m256i xp[NT][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q0 = LT::q(b[2 * j]), q1 = LT::q(b[2 * j + 1]);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t *q = a[t].q + 32 * (i + 2 * j);
+        xp[t][j] = _mm256_hadd_epi32(dot4(q0, loadu256(q)), dot4(q1, loadu256(q + 32)));
+      }
+    }
     __m256 dw, mw;
     if (LT::kMin) {
       load_dm8(b, dw, mw);
@@ -429,46 +438,69 @@ float row_dot_legacy(const typename LT::B *blk, int64_t nb, const ActRow &a) {
       dw = load_d8(b);
       mw = _mm256_mul_ps(dw, _mm256_set1_ps(LT::kOff));
     }
-    const __m256 da = _mm256_loadu_ps(a.d + i);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, da), acc);
-    acc2 = _mm256_fmadd_ps(mw, _mm256_mul_ps(da, _mm256_loadu_ps(a.s32 + i)), acc2);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i x = _mm256_hadd_epi32(xp[t][0], xp[t][1]), y = _mm256_hadd_epi32(xp[t][2], xp[t][3]);
+      const __m256i is = _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20),
+                                          _mm256_permute2x128_si256(x, y, 0x31));
+      const __m256 da = _mm256_loadu_ps(a[t].d + i);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, da), acc[t]);
+      acc2[t] = _mm256_fmadd_ps(mw, _mm256_mul_ps(da, _mm256_loadu_ps(a[t].s32 + i)), acc2[t]);
+    }
   }
-  float tail = 0.0f;
+  float tail[NT] = {};
   for (; i < nb; ++i) {
     const B &b = blk[i];
-    const int is = hsum_epi32(dot4(LT::q(b), loadu256(a.q + 32 * i)));
+    const __m256i q = LT::q(b);
     const float d = h2f(b.d);
-    float m;
-    if (LT::kMin) m = h2f(ld16((const uint8_t *)&b + 2));
-    else m = LT::kOff * d;
-    tail += a.d[i] * (d * (float)is + m * a.s32[i]);
+    const float m = LT::kMin ? h2f(ld16((const uint8_t *)&b + 2)) : LT::kOff * d;
+    for (int t = 0; t < NT; ++t) {
+      const int is = hsum_epi32(dot4(q, loadu256(a[t].q + 32 * i)));
+      tail[t] += a[t].d[i] * (d * (float)is + m * a[t].s32[i]);
+    }
   }
-  return hsum_ps(_mm256_add_ps(acc, acc2)) + tail;
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(_mm256_add_ps(acc[t], acc2[t])) + tail[t];
 }
 
-float row_dot_q8_0(const BlockQ8_0 *blk, int64_t nb, const ActRow &a) {
-  __m256 acc = _mm256_setzero_ps();
+template <int NT>
+void row_dot_q8_0(const BlockQ8_0 *blk, int64_t nb, const ActRow *a, float *out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= nb; i += 8) {
     const BlockQ8_0 *b = blk + i;
     prefetch_ahead<8 * sizeof(BlockQ8_0)>(b);
-    const int8_t *q = a.q + 32 * i;
-    __m256i p[8];
-    for (int j = 0; j < 8; ++j) p[j] = dot4_ss(loadu256(b[j].qs), loadu256(q + 32 * j));
-    const __m256i is = reduce8(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]);
+    __m256i xp[NT][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m256i w0 = loadu256(b[2 * j].qs), w1 = loadu256(b[2 * j + 1].qs);
+      const __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t *q = a[t].q + 32 * (i + 2 * j);
+        xp[t][j] = _mm256_hadd_epi32(dot4(u0, _mm256_sign_epi8(loadu256(q), w0)),
+                                     dot4(u1, _mm256_sign_epi8(loadu256(q + 32), w1)));
+      }
+    }
     const __m256 dw = load_d8(b);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_loadu_ps(a.d + i)), acc);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i x = _mm256_hadd_epi32(xp[t][0], xp[t][1]), y = _mm256_hadd_epi32(xp[t][2], xp[t][3]);
+      const __m256i is = _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20),
+                                          _mm256_permute2x128_si256(x, y, 0x31));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_loadu_ps(a[t].d + i)), acc[t]);
+    }
   }
-  float tail = 0.0f;
+  float tail[NT] = {};
   for (; i < nb; ++i) {
-    const int is = hsum_epi32(dot4_ss(loadu256(blk[i].qs), loadu256(a.q + 32 * i)));
-    tail += a.d[i] * h2f(blk[i].d) * (float)is;
+    const __m256i w = loadu256(blk[i].qs);
+    const float d = h2f(blk[i].d);
+    for (int t = 0; t < NT; ++t) {
+      const int is = hsum_epi32(dot4_ss(w, loadu256(a[t].q + 32 * i)));
+      tail[t] += a[t].d[i] * d * (float)is;
+    }
   }
-  return hsum_ps(acc) + tail;
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]) + tail[t];
 }
 
 // ---- n_tokens == 1: K-quants ----------------------------------------------------------
-
 // (d, dmin) fp16 pair at p, times da: two broadcast vectors.
 QK_INLINE void dm_times(const void *p, const float *da, __m256 &vd, __m256 &vm) {
   const __m128 x = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(p))), _mm_broadcast_ss(da));
@@ -484,57 +516,45 @@ QK_INLINE void k4_scales_ps(const uint8_t *s, __m256 &sc, __m256 &mn) {
   mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)));
 }
 
-float row_dot_q4_K(const BlockQ4_K *blk, int64_t nsb, const ActRow &a) {
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
+// Q4_K (HB = false) and Q5_K (HB = true).
+template <class BK, bool HB, int NT>
+void row_dot_k4(const BK *blk, int64_t nsb, const ActRow *a, float *out) {
+  __m256 acc[NT], accm[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = accm[t] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
   for (int64_t i = 0; i < nsb; ++i) {
-    const BlockQ4_K &b = blk[i];
-    prefetch_ahead<sizeof(BlockQ4_K)>(&b);
-    const int8_t *q = a.q + 256 * i;
-    __m256i p[8];
+    const BK &b = blk[i];
+    prefetch_ahead<sizeof(BK)>(&b);
+    __m256i hv;
+    if constexpr (HB) hv = loadu256(b.qh);
+    __m256i xp[NT][4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       const __m256i x = loadu256(b.qs + 32 * c);
-      p[2 * c] = dot4(_mm256_and_si256(x, m4), loadu256(q + 64 * c));
-      p[2 * c + 1] = dot4(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), loadu256(q + 64 * c + 32));
+      __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+      if constexpr (HB) {
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hv, 4), b4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hv, 3), b4));
+        hv = _mm256_srli_epi16(hv, 2);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t *q = a[t].q + 256 * i + 64 * c;
+        xp[t][c] = _mm256_hadd_epi32(dot4(lo, loadu256(q)), dot4(hi, loadu256(q + 32)));
+      }
     }
-    const __m256i is = reduce8(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]);
-    __m256 sc, mn, vd, vm;
+    __m256 sc, mn;
     k4_scales_ps(b.scales, sc, mn);
-    dm_times(&b.d, a.d + i, vd, vm);
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(is), sc), vd, acc);
-    accm = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_loadu_ps(a.s32 + 8 * i)), vm, accm);
-  }
-  return hsum_ps(_mm256_sub_ps(acc, accm));
-}
-
-float row_dot_q5_K(const BlockQ5_K *blk, int64_t nsb, const ActRow &a) {
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i b4 = _mm256_set1_epi8(0x10);
-  for (int64_t i = 0; i < nsb; ++i) {
-    const BlockQ5_K &b = blk[i];
-    prefetch_ahead<sizeof(BlockQ5_K)>(&b);
-    const int8_t *q = a.q + 256 * i;
-    __m256i hv = loadu256(b.qh);
-    __m256i p[8];
-    for (int c = 0; c < 4; ++c) {
-      const __m256i x = loadu256(b.qs + 32 * c);
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(x, m4),
-                                         _mm256_and_si256(_mm256_slli_epi16(hv, 4), b4));
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
-                                         _mm256_and_si256(_mm256_slli_epi16(hv, 3), b4));
-      hv = _mm256_srli_epi16(hv, 2);
-      p[2 * c] = dot4(lo, loadu256(q + 64 * c));
-      p[2 * c + 1] = dot4(hi, loadu256(q + 64 * c + 32));
+    for (int t = 0; t < NT; ++t) {
+      const __m256i x = _mm256_hadd_epi32(xp[t][0], xp[t][1]), y = _mm256_hadd_epi32(xp[t][2], xp[t][3]);
+      const __m256i is = _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20),
+                                          _mm256_permute2x128_si256(x, y, 0x31));
+      __m256 vd, vm;
+      dm_times(&b.d, a[t].d + i, vd, vm);
+      acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(is), sc), vd, acc[t]);
+      accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_loadu_ps(a[t].s32 + 8 * i)), vm, accm[t]);
     }
-    const __m256i is = reduce8(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]);
-    __m256 sc, mn, vd, vm;
-    k4_scales_ps(b.scales, sc, mn);
-    dm_times(&b.d, a.d + i, vd, vm);
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(is), sc), vd, acc);
-    accm = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_loadu_ps(a.s32 + 8 * i)), vm, accm);
   }
-  return hsum_ps(_mm256_sub_ps(acc, accm));
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(_mm256_sub_ps(acc[t], accm[t]));
 }
 
 // Q6_K half (128 elements): 4 vectors of 32 values 0..63, in element order.
@@ -549,8 +569,10 @@ QK_INLINE void q6k_half(const uint8_t *ql, const uint8_t *qh, __m256i &q0, __m25
                        _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
 }
 
-float row_dot_q6_K(const BlockQ6_K *blk, int64_t nsb, const ActRow &a) {
-  __m256 acc = _mm256_setzero_ps();
+template <int NT>
+void row_dot_q6_K(const BlockQ6_K *blk, int64_t nsb, const ActRow *a, float *out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   // hadd tree order of group sums: [0,2,4,6,1,3,5,7] (+8 for the second half)
   const __m128i sc_perm = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
   const __m256i s_perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -558,26 +580,30 @@ float row_dot_q6_K(const BlockQ6_K *blk, int64_t nsb, const ActRow &a) {
   for (int64_t i = 0; i < nsb; ++i) {
     const BlockQ6_K &b = blk[i];
     prefetch_ahead<sizeof(BlockQ6_K)>(&b);
-    const int8_t *q = a.q + 256 * i;
-    __m256i x[2];
+    __m256i x[NT][2];
     for (int h = 0; h < 2; ++h) {
       __m256i q0, q1, q2, q3;
       q6k_half(b.ql + 64 * h, b.qh + 32 * h, q0, q1, q2, q3);
-      const int8_t *qa = q + 128 * h;
-      const __m256i p0 = dot4(q0, loadu256(qa)), p1 = dot4(q1, loadu256(qa + 32));
-      const __m256i p2 = dot4(q2, loadu256(qa + 64)), p3 = dot4(q3, loadu256(qa + 96));
-      x[h] = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+      for (int t = 0; t < NT; ++t) {
+        const int8_t *qa = a[t].q + 256 * i + 128 * h;
+        const __m256i p0 = dot4(q0, loadu256(qa)), p1 = dot4(q1, loadu256(qa + 32));
+        const __m256i p2 = dot4(q2, loadu256(qa + 64)), p3 = dot4(q3, loadu256(qa + 96));
+        x[t][h] = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+      }
     }
     const __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)b.scales), sc_perm);
     const __m256 sc0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
     const __m256 sc1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
-    const __m256 s0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(a.s16 + 16 * i), s_perm);
-    const __m256 s1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(a.s16 + 16 * i + 8), s_perm);
-    __m256 v = _mm256_mul_ps(_mm256_fnmadd_ps(k32, s0, _mm256_cvtepi32_ps(x[0])), sc0);
-    v = _mm256_fmadd_ps(_mm256_fnmadd_ps(k32, s1, _mm256_cvtepi32_ps(x[1])), sc1, v);
-    acc = _mm256_fmadd_ps(v, _mm256_mul_ps(_mm256_set1_ps(a.d[i]), _mm256_set1_ps(h2f(b.d))), acc);
+    const __m256 d = _mm256_set1_ps(h2f(b.d));
+    for (int t = 0; t < NT; ++t) {
+      const __m256 s0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(a[t].s16 + 16 * i), s_perm);
+      const __m256 s1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(a[t].s16 + 16 * i + 8), s_perm);
+      __m256 v = _mm256_mul_ps(_mm256_fnmadd_ps(k32, s0, _mm256_cvtepi32_ps(x[t][0])), sc0);
+      v = _mm256_fmadd_ps(_mm256_fnmadd_ps(k32, s1, _mm256_cvtepi32_ps(x[t][1])), sc1, v);
+      acc[t] = _mm256_fmadd_ps(v, _mm256_mul_ps(_mm256_set1_ps(a[t].d[i]), d), acc[t]);
+    }
   }
-  return hsum_ps(acc);
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]);
 }
 
 // ---- canonical decode of one super-block into u8 (for the tiled prefill kernels) --------
@@ -754,26 +780,36 @@ QK_INLINE const float *act_group_sums(const ActRow &r) {
   return P::G == 16 ? r.s16 : r.s32;
 }
 
-// ---- n_tokens == 1 dispatch -------------------------------------------------------------
+// ---- direct kernels: dispatch --------------------------------------------------------------
+template <DType T, int NT>
+QK_INLINE void row_dot(const uint8_t *row, int64_t cols, const ActRow *a, float *out) {
+  if constexpr (T == DType::Q4_0) row_dot_legacy<LQ4_0, NT>((const BlockQ4_0 *)row, cols / 32, a, out);
+  else if constexpr (T == DType::Q4_1) row_dot_legacy<LQ4_1, NT>((const BlockQ4_1 *)row, cols / 32, a, out);
+  else if constexpr (T == DType::Q5_0) row_dot_legacy<LQ5_0, NT>((const BlockQ5_0 *)row, cols / 32, a, out);
+  else if constexpr (T == DType::Q5_1) row_dot_legacy<LQ5_1, NT>((const BlockQ5_1 *)row, cols / 32, a, out);
+  else if constexpr (T == DType::Q8_0) row_dot_q8_0<NT>((const BlockQ8_0 *)row, cols / 32, a, out);
+  else if constexpr (T == DType::Q4_K) row_dot_k4<BlockQ4_K, false, NT>((const BlockQ4_K *)row, cols / 256, a, out);
+  else if constexpr (T == DType::Q5_K) row_dot_k4<BlockQ5_K, true, NT>((const BlockQ5_K *)row, cols / 256, a, out);
+  else if constexpr (T == DType::Q6_K) row_dot_q6_K<NT>((const BlockQ6_K *)row, cols / 256, a, out);
+}
 template <DType T>
-QK_INLINE float row_dot1(const uint8_t *row, int64_t cols, const ActRow &a) {
-  if constexpr (T == DType::Q4_0) return row_dot_legacy<LQ4_0>((const BlockQ4_0 *)row, cols / 32, a);
-  else if constexpr (T == DType::Q4_1) return row_dot_legacy<LQ4_1>((const BlockQ4_1 *)row, cols / 32, a);
-  else if constexpr (T == DType::Q5_0) return row_dot_legacy<LQ5_0>((const BlockQ5_0 *)row, cols / 32, a);
-  else if constexpr (T == DType::Q5_1) return row_dot_legacy<LQ5_1>((const BlockQ5_1 *)row, cols / 32, a);
-  else if constexpr (T == DType::Q8_0) return row_dot_q8_0((const BlockQ8_0 *)row, cols / 32, a);
-  else if constexpr (T == DType::Q4_K) return row_dot_q4_K((const BlockQ4_K *)row, cols / 256, a);
-  else if constexpr (T == DType::Q5_K) return row_dot_q5_K((const BlockQ5_K *)row, cols / 256, a);
-  else if constexpr (T == DType::Q6_K) return row_dot_q6_K((const BlockQ6_K *)row, cols / 256, a);
-  else return 0.0f;
+constexpr bool has_direct() {
+  return T == DType::Q4_0 || T == DType::Q4_1 || T == DType::Q5_0 || T == DType::Q5_1 || T == DType::Q8_0 ||
+         T == DType::Q4_K || T == DType::Q5_K || T == DType::Q6_K;
 }
 
-template <DType T>
-void matmul1(const void *w, int64_t cols, const void *act, float *y, int64_t r0, int64_t r1) {
+// y[t*ys + r] for NT tokens, rows [r0, r1).
+template <DType T, int NT>
+void matmul_direct(const void *w, int64_t cols, const void *act, float *y, int64_t ys, int64_t r0, int64_t r1) {
   const size_t rb = dtype_row_bytes(T, cols);
-  const ActRow a = act_row(act_format(T), act, cols, 0);
+  ActRow a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = act_row(act_format(T), act, cols, t);
   const uint8_t *base = (const uint8_t *)w;
-  for (int64_t r = r0; r < r1; ++r) y[r] = row_dot1<T>(base + (size_t)r * rb, cols, a);
+  for (int64_t r = r0; r < r1; ++r) {
+    float out[NT];
+    row_dot<T, NT>(base + (size_t)r * rb, cols, a, out);
+    for (int t = 0; t < NT; ++t) y[t * ys + r] = out[t];
+  }
 }
 
 // ---- float weights (F32 / F16 / BF16): fp32 FMA of the converted weights ---------------

@@ -440,6 +440,34 @@ TEST(quant_prepare_identical_across_sets) {
   }
 }
 
+// Zero and denormal-only activation blocks quantize to zeros (no inf/NaN from 127/amax).
+TEST(quant_prepare_zero_and_tiny_blocks) {
+  KernelSetScope keep;
+  const int64_t cols = 512, rows = 20;
+  std::vector<float> x(2 * cols, 0.0f);  // two identical tokens
+  for (int64_t k = 256; k < 512; k += 3) x[k] = x[cols + k] = 1e-40f;  // denormals only in the second half
+  const std::vector<float> wf = random_floats(rows * cols, 9, 0.05f);
+  for (const std::string &set : available_sets()) {
+    quant_force_kernel_set(set.c_str());
+    for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+      const std::vector<uint8_t> w = quantize(t, wf, rows, cols);
+      std::vector<uint8_t> act(matmul_act_bytes(t, cols, 2));
+      matmul_prepare(t, x.data(), cols, 0, 1, act.data());
+      matmul_prepare(t, x.data(), cols, 1, 2, act.data());
+      std::vector<float> back(cols);
+      qk::act_dequantize_row(t, act.data(), cols, 1, back.data());
+      bool zero = true;
+      for (float v : back) zero &= v == 0.0f;
+      CHECK(zero);
+      std::vector<float> y(2 * rows, -1.0f);
+      for (int64_t nt : {1, 2}) {
+        matmul_rows(t, w.data(), cols, act.data(), nt, y.data(), rows, 0, rows);
+        for (int64_t i = 0; i < nt * rows; ++i) CHECK(y[i] == 0.0f);
+      }
+    }
+  }
+}
+
 // ---- matmul against double references ----------------------------------------------------------
 namespace {
 
@@ -520,6 +548,9 @@ void check_matmul_set(const std::string &set) {
     else colsv = {256 * 3, 256 * 5};
     for (int64_t cols : colsv)
       for (int64_t nt = 1; nt <= 9; ++nt) check_matmul(set, t, 37, cols, nt, seed++);
+    // tiles with 2 and 3 leftover tokens (n_tokens <= 3 alone take the direct kernels)
+    check_matmul(set, t, 19, colsv[0], 10, seed++);
+    check_matmul(set, t, 19, colsv[1], 11, seed++);
     check_matmul(set, t, 19, colsv[0], 17, seed++);
   }
 }
