@@ -1,7 +1,8 @@
-// specode bench parity|speed [--model M] [--json]
+// specode bench parity|speed|fidelity [--model M] [--json]
 import { UserError } from '../errors';
 import { benchParity } from '../bench/parity';
 import { benchSpeed } from '../bench/speed';
+import { benchFidelity, FIDELITY_TASKS, parsePolicies, type FidelityTask } from '../bench/fidelity';
 import type { Envelope } from '../bench/common';
 import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
 import { parseArgs, usage, type FlagSpec } from './args';
@@ -11,15 +12,28 @@ const FLAGS: Record<string, FlagSpec> = {
   json: { type: 'boolean', help: 'print one JSON object on stdout (logs go to stderr)' },
   threads: { type: 'number', help: 'CPU threads for both engines (0: all cores)', default: 0 },
   peer: { type: 'string', help: 'peer engine to compare with (llama.cpp | none)', default: 'llama.cpp' },
-  ctx: { type: 'string', help: 'speed: context sizes, comma-separated', default: '512,4096' },
+  ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096)' },
   reps: { type: 'number', help: 'speed: repetitions after the warm-up (median reported)', default: 3 },
   'decode-tokens': { type: 'number', help: 'speed: decode steps timed per repetition', default: 32 },
   'flash-attention': { type: 'boolean', help: "speed: turn on llama.cpp's flash attention" },
   prompts: { type: 'number', help: 'parity: code prompts', default: 20 },
-  'gen-tokens': { type: 'number', help: 'parity: tokens llama.cpp generates per prompt', default: 64 },
+  'gen-tokens': { type: 'number', help: 'parity: tokens llama.cpp generates per prompt (default 64); fidelity: tokens full generates for code-agreement (default 256)' },
+  policies: { type: 'string', help: 'fidelity: KV policies, comma-separated', default: 'full,specache,specache-sync,offload-all' },
+  bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated', default: '1,2' },
+  group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
+  topk: { type: 'number', help: 'fidelity: fp16 rows fetched per layer per KV head for specache*', default: 64 },
+  residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
+  tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
+  trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
+  depths: { type: 'number', help: 'fidelity: needle depths per trial, evenly spaced 0%..100%', default: 10 },
+  keys: { type: 'number', help: 'fidelity: needles in needle-multikey (1 asked + distractors)', default: 4 },
+  seed: { type: 'number', help: 'fidelity: seed of every input choice', default: 1 },
+  haystack: { type: 'string', help: 'fidelity: haystack documents (mixed | code | prose)', default: 'mixed' },
+  measure: { type: 'boolean', help: "fidelity: specache computes each step's true top-k for top-k overlap (--measure=false to skip)", default: true },
+  out: { type: 'string', help: 'fidelity: also write the JSON to this file after every finished row' },
 };
 
-const SUITES = ['parity', 'speed'];
+const SUITES = ['parity', 'speed', 'fidelity'];
 
 export async function runBench(argv: string[]): Promise<number> {
   const p = parseArgs(argv, FLAGS, 'bench');
@@ -28,15 +42,17 @@ export async function runBench(argv: string[]): Promise<number> {
     return p.help ? 0 : 2;
   }
   const suite = p.positionals[0];
-  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')} (fidelity, editor and policies are not implemented yet)`);
+  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')} (editor and policies are not implemented yet)`);
   const modelName = String(p.flags.model);
   const modelPath = await resolveModelArg(modelName);
   const threads = Number(p.flags.threads) || (await import('node:os')).availableParallelism();
   let result: Envelope;
   if (suite === 'parity') {
-    result = await benchParity({ modelName, modelPath, threads, prompts: Number(p.flags.prompts), genTokens: Number(p.flags['gen-tokens']) });
+    result = await benchParity({ modelName, modelPath, threads, prompts: Number(p.flags.prompts), genTokens: Number(p.flags['gen-tokens'] ?? 64) });
+  } else if (suite === 'fidelity') {
+    result = await runFidelity(p.flags, modelName, modelPath, threads, `specode bench ${argv.join(' ')}`);
   } else {
-    const contexts = String(p.flags.ctx).split(',').map((s) => Number(s.trim()));
+    const contexts = String(p.flags.ctx ?? '512,4096').split(',').map((s) => Number(s.trim()));
     if (contexts.some((c) => !Number.isInteger(c) || c < 2)) throw new UserError(`bench: --ctx must be integers >= 2, got '${p.flags.ctx}'`);
     result = await benchSpeed({
       modelName, modelPath, threads, contexts,
@@ -49,8 +65,58 @@ export async function runBench(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function runFidelity(f: Record<string, string | number | boolean | undefined>, modelName: string, modelPath: string, threads: number, command: string): Promise<Envelope> {
+  const list = (name: string, v: unknown) => {
+    const xs = String(v).split(',').map((s) => s.trim()).filter(Boolean);
+    if (!xs.length) throw new UserError(`bench: --${name} is empty`);
+    return xs;
+  };
+  const contexts = list('ctx', f.ctx ?? '4096').map(Number);
+  if (contexts.some((c) => !Number.isInteger(c) || c < 512)) throw new UserError(`bench: --ctx must be integers >= 512, got '${f.ctx}'`);
+  let policies;
+  try {
+    policies = parsePolicies(String(f.policies));
+  } catch (e) {
+    throw new UserError(`bench: ${(e as Error).message}`);
+  }
+  const bits = list('bits', f.bits).map(Number);
+  if (bits.some((b) => b !== 1 && b !== 2)) throw new UserError(`bench: --bits must be 1 and/or 2, got '${f.bits}'`);
+  const tasks = list('tasks', f.tasks) as FidelityTask[];
+  for (const t of tasks) if (!FIDELITY_TASKS.includes(t)) throw new UserError(`bench: unknown task '${t}'`, `tasks: ${FIDELITY_TASKS.join(', ')}`);
+  const group = Number(f.group);
+  if (group !== 32 && group !== 64) throw new UserError(`bench: --group must be 32 or 64, got ${group}`);
+  const haystack = String(f.haystack);
+  if (!['mixed', 'code', 'prose'].includes(haystack)) throw new UserError(`bench: --haystack must be mixed, code or prose, got '${haystack}'`);
+  const positive = (name: string) => {
+    const n = Number(f[name]);
+    if (!Number.isInteger(n) || n < 1) throw new UserError(`bench: --${name} must be a positive integer, got ${f[name]}`);
+    return n;
+  };
+  const genTokens = f['gen-tokens'] === undefined ? 256 : positive('gen-tokens');
+  if (genTokens < 2) throw new UserError('bench: --gen-tokens must be >= 2 for code-agreement');
+  const out = f.out ? String(f.out) : undefined;
+  const { writeFileSync } = await import('node:fs');
+  return benchFidelity({
+    modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
+    topk: positive('topk'), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
+    genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
+    measure: f.measure !== false, command,
+    onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,
+  });
+}
+
 function printSummary(r: Envelope): void {
   console.log(`${r.suite} — ${r.model.name} (${r.model.sha256.slice(0, 12)}), ${r.backend}, ${r.threads} threads, ${r.device}`);
+  if (r.suite === 'fidelity') {
+    for (const n of (r.notes as string[]) ?? []) console.log(`note: ${n}`);
+    for (const row of r.rows as { policy: string; bits: number | null; ctx: number; task: string; samples: number; accuracy: number | null; greedy_agreement: number | null; compression_ratio: number | null; spec_match: number | null; topk_overlap: number | null }[]) {
+      const name = row.bits ? `${row.policy}/${row.bits}b` : row.policy;
+      const score = row.accuracy !== null ? `accuracy ${row.accuracy.toFixed(3)}` : `agreement ${row.greedy_agreement?.toFixed(4) ?? '—'}`;
+      const fmt = (x: number | null, d = 3) => (x === null || x === undefined ? '—' : x.toFixed(d));
+      console.log(`${name.padEnd(17)} ctx ${String(row.ctx).padStart(6)} ${row.task.padEnd(16)} ${score} (${row.samples} samples)  compression ${fmt(row.compression_ratio, 2)}x  spec ${fmt(row.spec_match)}  overlap ${fmt(row.topk_overlap)}`);
+    }
+    return;
+  }
   if (r.suite === 'parity') {
     const t = r.tokenizer as { bytes: number; files: number; mismatches: number };
     const f = r.teacher_forced as { prompts: number; positions: number; agree: number };
