@@ -7,7 +7,7 @@ export type StatusSink = (status: ServerStatus) => void;
 
 /** Engine metric names read into the named figures (first present wins). */
 const ENGINE_KEYS: Record<'deviceBytes' | 'hostKvBytes' | 'compressionRatio' | 'prefetchHitRate', string[]> = {
-  deviceBytes: ['deviceBytes', 'device.totalBytes', 'device.bytes'],
+  deviceBytes: ['deviceBytes', 'deviceKvBytes', 'device.totalBytes', 'device.bytes'],
   hostKvBytes: ['hostKvBytes', 'host.kvBytes', 'host.bytes'],
   compressionRatio: ['compressionRatio', 'kv.compressionRatio'],
   prefetchHitRate: ['prefetchHitRate', 'prefetch.hitRate', 'topkOverlap'],
