@@ -68,7 +68,9 @@ export class StatusReporter {
       const raw = engine.metrics();
       figures.engine = raw;
       for (const [name, keys] of Object.entries(ENGINE_KEYS) as [keyof typeof ENGINE_KEYS, string[]][]) {
-        const key = raw ? keys.find((k) => typeof raw[k] === 'number') : undefined;
+        // The engine measures top-k overlap only in its `measure` mode; 0 samples is "unknown", not 0 %.
+        const usable = (k: string) => raw !== undefined && typeof raw[k] === 'number' && !(k === 'topkOverlap' && !raw.overlapSamples);
+        const key = raw ? keys.find(usable) : undefined;
         if (key !== undefined && raw) figures[name] = raw[key];
         else delete figures[name];
       }
