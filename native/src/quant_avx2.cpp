@@ -1,11 +1,12 @@
 // quant_avx2.cpp — AVX2 + FMA + F16C kernel set.
 //
-// n_tokens == 1 (decode): the shared 256-bit kernels of quant_kernels.h (maddubs/madd).
-// n_tokens >= 2 (prefill): 8 weight rows at a time are decoded once per 512-column chunk
-// into u8 row-interleaved form (for every 4 columns, 8 rows x 4 bytes = one ymm), then
-// vpmaddubsw with a broadcast 4-byte activation word advances 8 rows of one token by 4
-// columns; int16 partial sums are accumulated as long as they cannot overflow, then
-// widened with vpmaddwd. Up to 4 tokens share each decoded ymm.
+// n_tokens <= 4 (decode, short drafts): the shared direct kernels of quant_kernels.h
+// (vpmaddubsw/vpmaddwd), each weight block decoded once in registers for all tokens.
+// More tokens (prefill): 8 weight rows at a time are decoded once per 512-column chunk into
+// u8 row-interleaved form (for every 4 columns, 8 rows x 4 bytes = one ymm), then vpmaddubsw
+// with a broadcast 4-byte activation word advances 8 rows of one token by 4 columns; int16
+// partial sums are accumulated as long as they cannot overflow, then widened with vpmaddwd.
+// Up to 4 tokens share each decoded ymm.
 #define SPECODE_QK_SIMD_BODY
 #include "quant_kernels.h"
 
@@ -21,7 +22,7 @@ constexpr int kChunk = 512;  // columns decoded at a time
 // Tiles read kL rows side by side, which the hardware prefetcher follows poorly: each chunk
 // prefetches (into L2) the matching slice of the tile about this many bytes ahead.
 #ifndef SPECODE_QK_TILE_PREFETCH
-#define SPECODE_QK_TILE_PREFETCH 65536
+#define SPECODE_QK_TILE_PREFETCH 16384
 #endif
 constexpr size_t kTilePrefetchBytes = SPECODE_QK_TILE_PREFETCH;
 constexpr int kMaxNT = 4;    // tokens per register tile

@@ -1,12 +1,14 @@
 // quant_avx512.cpp — AVX-512 (F/BW/VL/DQ/VNNI) kernel set.
 //
-// n_tokens == 1 (decode): the shared 256-bit kernels of quant_kernels.h, here with VNNI
-// (vpdpbusd) for the integer dots and mask registers for the Q5 high bits.
-// n_tokens >= 2 (prefill): 16 weight rows at a time are decoded once per 512-column chunk
-// into u8 "row-interleaved" form — for every 4 consecutive columns, 16 rows x 4 bytes = one
-// zmm — so that one vpdpbusd with a broadcast 4-byte activation word advances 16 rows of
-// one token by 4 columns. Up to 8 tokens run against each decoded zmm; the per-group
-// scales are applied as one fma per (16 rows, token, group).
+// n_tokens <= 3 (decode, short drafts): the shared direct kernels of quant_kernels.h, here
+// with VNNI (vpdpbusd / vpdpwssd) for the integer dots and mask registers for the Q5 high bits.
+// More tokens (prefill): 16 weight rows at a time are decoded once per 512-column chunk
+// straight from the packed blocks (16x16-byte transposes, then nibble/high-bit unpacking in
+// that form; scales by gathers) into u8 "row-interleaved" form — for every 4 consecutive
+// columns, 16 rows x 4 bytes = one zmm — so that one vpdpbusd with a broadcast 4-byte
+// activation word advances 16 rows of one token by 4 columns. Up to 8 tokens run against
+// each decoded zmm; the per-group scales are applied as one fma per (16 rows, token, group).
+// F32/F16/BF16: zmm fp32 FMA with masked tails.
 #define SPECODE_QK_SIMD_BODY
 // GCC 12 reports the _mm512_undefined_* idiom inside its own intrinsics as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -24,7 +26,7 @@ constexpr int kChunk = 512;  // columns decoded at a time
 // Tiles read kL rows side by side, which the hardware prefetcher follows poorly: each chunk
 // prefetches (into L2) the matching slice of the tile about this many bytes ahead.
 #ifndef SPECODE_QK_TILE_PREFETCH
-#define SPECODE_QK_TILE_PREFETCH 65536
+#define SPECODE_QK_TILE_PREFETCH 16384
 #endif
 constexpr size_t kTilePrefetchBytes = SPECODE_QK_TILE_PREFETCH;
 constexpr int kMaxNT = 8;    // tokens per register tile
@@ -429,9 +431,10 @@ void matmul_float16(const void *w, int64_t cols, const void *act, int64_t nt, fl
   }
 }
 
-// n_tokens up to this run the direct kernels (measured crossover against the VNNI tiles)
+// n_tokens up to this run the direct kernels (measured crossover against the VNNI tiles, on
+// cache-resident and on DRAM-streamed weights)
 template <DType T>
-constexpr int direct_max() { return T == DType::Q6_K ? 3 : 2; }
+constexpr int direct_max() { return 3; }
 
 template <DType T>
 void matmul_q(const void *w, int64_t cols, const void *act, int64_t nt, float *y, int64_t ys,

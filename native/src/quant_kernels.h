@@ -227,14 +227,6 @@ QK_INLINE __m256i dot4_ss(__m256i w, __m256i a) {
   return dot4(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
 }
 
-// 8 vectors of 8 int32 -> one vector of their 8 horizontal sums (in order).
-QK_INLINE __m256i reduce8(__m256i p0, __m256i p1, __m256i p2, __m256i p3, __m256i p4,
-                          __m256i p5, __m256i p6, __m256i p7) {
-  const __m256i x = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-  const __m256i y = _mm256_hadd_epi32(_mm256_hadd_epi32(p4, p5), _mm256_hadd_epi32(p6, p7));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20),
-                          _mm256_permute2x128_si256(x, y, 0x31));
-}
 QK_INLINE float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -248,19 +240,18 @@ QK_INLINE int hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// Software prefetch of the weight stream ahead of the n_tokens == 1 kernels (they stream
-// weights from DRAM; the hardware prefetcher alone leaves some bandwidth unused).
+// Software prefetch of the weight stream ahead of the direct K-quant kernels, into L2.
+// Measured on Zen 4 with weights streamed from DRAM: it helps Q4_K/Q6_K a little; for the
+// 32-element block types every variant tried (L1 or L2, 2-12 KB ahead) was slower than the
+// hardware prefetcher alone (up to 2x with L2 hints), so those kernels issue none.
 #ifndef SPECODE_QK_PREFETCH
 #define SPECODE_QK_PREFETCH 6144
-#endif
-#ifndef SPECODE_QK_PREFETCH_HINT
-#define SPECODE_QK_PREFETCH_HINT _MM_HINT_T0
 #endif
 template <int BYTES>
 QK_INLINE void prefetch_ahead(const void *p) {
   if (SPECODE_QK_PREFETCH > 0) {
     const char *c = (const char *)p + SPECODE_QK_PREFETCH;
-    for (int o = 0; o < BYTES; o += 64) _mm_prefetch(c + o, SPECODE_QK_PREFETCH_HINT);
+    for (int o = 0; o < BYTES; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
   }
 }
 
@@ -351,7 +342,10 @@ void prepare_a256_simd(const float *x, int64_t cols, int64_t t0, int64_t t1, voi
   }
 }
 
-// ---- n_tokens == 1: legacy 32-blocks -----------------------------------------------------
+// ---- direct kernels (decode and short drafts: n_tokens <= 3..4): legacy 32-blocks ------
+// Per group of 8 blocks the 8 int32 lane vectors of the block dots are reduced with an hadd
+// tree to one vector of 8 block sums, which meets the 8 weight and activation scales in
+// one fma (instead of a scalar scale product and broadcast per block).
 // Each weight type provides q(block) -> 32 unsigned values (u8), and its scales.
 struct LQ4_0 {
   using B = BlockQ4_0;
@@ -411,7 +405,7 @@ QK_INLINE void load_dm8(const B *b, __m256 &d, __m256 &m) {
   m = _mm256_cvtph_ps(_mm_unpackhi_epi64(lo, hi));
 }
 
-// Direct kernels: one weight row against NT (1..3) activation rows; every block is decoded
+// Direct kernels: one weight row against NT (1..4) activation rows; every block is decoded
 // once into registers and used for all NT tokens.
 template <class LT, int NT>
 void row_dot_legacy(const typename LT::B *blk, int64_t nb, const ActRow *a, float *out) {
@@ -421,7 +415,6 @@ void row_dot_legacy(const typename LT::B *blk, int64_t nb, const ActRow *a, floa
   int64_t i = 0;
   for (; i + 8 <= nb; i += 8) {
     const B *b = blk + i;
-    prefetch_ahead<8 * sizeof(B)>(b);
     __m256i xp[NT][4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
@@ -468,7 +461,6 @@ void row_dot_q8_0(const BlockQ8_0 *blk, int64_t nb, const ActRow *a, float *out)
   int64_t i = 0;
   for (; i + 8 <= nb; i += 8) {
     const BlockQ8_0 *b = blk + i;
-    prefetch_ahead<8 * sizeof(BlockQ8_0)>(b);
     __m256i xp[NT][4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
@@ -500,7 +492,7 @@ void row_dot_q8_0(const BlockQ8_0 *blk, int64_t nb, const ActRow *a, float *out)
   for (int t = 0; t < NT; ++t) out[t] = hsum_ps(acc[t]) + tail[t];
 }
 
-// ---- n_tokens == 1: K-quants ----------------------------------------------------------
+// ---- direct kernels: K-quants --------------------------------------------------------
 // (d, dmin) fp16 pair at p, times da: two broadcast vectors.
 QK_INLINE void dm_times(const void *p, const float *da, __m256 &vd, __m256 &vm) {
   const __m128 x = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(p))), _mm_broadcast_ss(da));
@@ -780,6 +772,98 @@ QK_INLINE const float *act_group_sums(const ActRow &r) {
   return P::G == 16 ? r.s16 : r.s32;
 }
 
+#if QK_AVX512
+// Q4_K / Q5_K without the hadd tree: int16 pair sums (vpmaddubsw; 4/5-bit weights cannot
+// saturate) times the sub-block's integer scale accumulate straight into int32 lanes
+// (vpdpwssd), one accumulator per 64-element chunk; one convert + fma per super-block.
+template <class BK, bool HB, int NT>
+void row_dot_k4_ws(const BK *blk, int64_t nsb, const ActRow *a, float *out) {
+  __m256 acc[NT], accm[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = accm[t] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+  for (int64_t i = 0; i < nsb; ++i) {
+    const BK &b = blk[i];
+    prefetch_ahead<sizeof(BK)>(&b);
+    uint64_t sc64, mn64;
+    unpack_k4_scales64(b.scales, &sc64, &mn64);
+    const __m128i scmn = _mm_set_epi64x((long long)mn64, (long long)sc64);
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmn));  // 8 x int16, both lanes
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scmn, scmn)));
+    __m256i hv;
+    if constexpr (HB) hv = loadu256(b.qh);
+    __m256i ia[NT][4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m256i x = loadu256(b.qs + 32 * c);
+      __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+      if constexpr (HB) {
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hv, 4), b4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hv, 3), b4));
+        hv = _mm256_srli_epi16(hv, 2);
+      }
+      // broadcast int16 scales of sub-blocks 2c and 2c+1
+      const __m256i s0 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c))));
+      const __m256i s1 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c + 1))));
+      for (int t = 0; t < NT; ++t) {
+        const int8_t *q = a[t].q + 256 * i + 64 * c;
+        const __m256i p0 = _mm256_maddubs_epi16(lo, loadu256(q)), p1 = _mm256_maddubs_epi16(hi, loadu256(q + 32));
+        ia[t][c] = _mm256_dpwssd_epi32(_mm256_madd_epi16(p0, s0), p1, s1);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const __m256i is = _mm256_add_epi32(_mm256_add_epi32(ia[t][0], ia[t][1]), _mm256_add_epi32(ia[t][2], ia[t][3]));
+      __m256 vd, vm;
+      dm_times(&b.d, a[t].d + i, vd, vm);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), vd, acc[t]);
+      accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_loadu_ps(a[t].s32 + 8 * i)), vm, accm[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(_mm256_sub_ps(acc[t], accm[t]));
+}
+
+// Q6_K the same way: int8 scales per 16 elements (vpermw spreads the two of each 32-chunk
+// over the two 128-bit halves of the scale vector), the -32 offset via the activation sums.
+template <int NT>
+void row_dot_q6_K_ws(const BlockQ6_K *blk, int64_t nsb, const ActRow *a, float *out) {
+  __m256 acc[NT], acco[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = acco[t] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nsb; ++i) {
+    const BlockQ6_K &b = blk[i];
+    prefetch_ahead<sizeof(BlockQ6_K)>(&b);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)b.scales);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    const __m256 scf0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8));
+    const __m256 scf1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc8, sc8)));
+    __m256i ia[NT][2];
+    for (int h = 0; h < 2; ++h) {
+      __m256i q[4];
+      q6k_half(b.ql + 64 * h, b.qh + 32 * h, q[0], q[1], q[2], q[3]);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const int g = 8 * h + 2 * j;  // groups g (elements 0..15 of the chunk) and g+1
+        const __m256i sv = _mm256_permutexvar_epi16(
+            _mm256_setr_epi16(g, g, g, g, g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1), sc16);
+        for (int t = 0; t < NT; ++t) {
+          const __m256i p = _mm256_maddubs_epi16(q[j], loadu256(a[t].q + 256 * i + 128 * h + 32 * j));
+          if (j == 0) ia[t][h] = _mm256_madd_epi16(p, sv);
+          else ia[t][h] = _mm256_dpwssd_epi32(ia[t][h], p, sv);
+        }
+      }
+    }
+    const float d = h2f(b.d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256 dd = _mm256_set1_ps(d * a[t].d[i]);
+      const __m256i is = _mm256_add_epi32(ia[t][0], ia[t][1]);
+      const __m256 o = _mm256_fmadd_ps(scf1, _mm256_loadu_ps(a[t].s16 + 16 * i + 8),
+                                       _mm256_mul_ps(scf0, _mm256_loadu_ps(a[t].s16 + 16 * i)));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), dd, acc[t]);
+      acco[t] = _mm256_fmadd_ps(o, dd, acco[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum_ps(_mm256_fnmadd_ps(_mm256_set1_ps(32.0f), acco[t], acc[t]));
+}
+#endif
+
 // ---- direct kernels: dispatch --------------------------------------------------------------
 template <DType T, int NT>
 QK_INLINE void row_dot(const uint8_t *row, int64_t cols, const ActRow *a, float *out) {
@@ -788,9 +872,18 @@ QK_INLINE void row_dot(const uint8_t *row, int64_t cols, const ActRow *a, float 
   else if constexpr (T == DType::Q5_0) row_dot_legacy<LQ5_0, NT>((const BlockQ5_0 *)row, cols / 32, a, out);
   else if constexpr (T == DType::Q5_1) row_dot_legacy<LQ5_1, NT>((const BlockQ5_1 *)row, cols / 32, a, out);
   else if constexpr (T == DType::Q8_0) row_dot_q8_0<NT>((const BlockQ8_0 *)row, cols / 32, a, out);
+#if QK_AVX512
+  else if constexpr (T == DType::Q4_K) row_dot_k4_ws<BlockQ4_K, false, NT>((const BlockQ4_K *)row, cols / 256, a, out);
+  else if constexpr (T == DType::Q5_K) row_dot_k4_ws<BlockQ5_K, true, NT>((const BlockQ5_K *)row, cols / 256, a, out);
+#else
   else if constexpr (T == DType::Q4_K) row_dot_k4<BlockQ4_K, false, NT>((const BlockQ4_K *)row, cols / 256, a, out);
   else if constexpr (T == DType::Q5_K) row_dot_k4<BlockQ5_K, true, NT>((const BlockQ5_K *)row, cols / 256, a, out);
+#endif
+#if QK_AVX512
+  else if constexpr (T == DType::Q6_K) row_dot_q6_K_ws<NT>((const BlockQ6_K *)row, cols / 256, a, out);
+#else
   else if constexpr (T == DType::Q6_K) row_dot_q6_K<NT>((const BlockQ6_K *)row, cols / 256, a, out);
+#endif
 }
 template <DType T>
 constexpr bool has_direct() {
