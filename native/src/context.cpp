@@ -412,7 +412,11 @@ bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
     for (int t = 0; t < n; ++t) rmsnorm(&x_[(size_t)t * E], w.ffn_norm.f32(), &xn_[(size_t)t * E], E, hp.rms_eps);
     MatmulJob gu[2] = {{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}};
     matmul_group_rows(tp, gu, 2, xn_.data(), n, act_, by_row);
-    swiglu(gate_.data(), up_.data(), gate_.data(), (int64_t)n * FF);
+    tp.run([&](int ith, int nth) {  // split on 64-element boundaries
+      const int64_t total = (int64_t)n * FF, chunks = (total + 63) / 64;
+      const int64_t a = std::min(total, chunks * ith / nth * 64), b = std::min(total, chunks * (ith + 1) / nth * 64);
+      swiglu(gate_.data() + a, up_.data() + a, gate_.data() + a, b - a);
+    });
     MatmulJob down[1] = {{&w.w_down, proj_.data()}};
     matmul_group_rows(tp, down, 1, gate_.data(), n, act_, by_row);
     add_inplace(x_.data(), proj_.data(), (int64_t)n * E);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "attention.h"
 #include "ops.h"
 
 namespace specode {
@@ -18,8 +19,6 @@ FullKvCache::FullKvCache(const KvShape &shape, bool f16, int n_threads) : f16_(f
     k32_.resize(n);
     v32_.resize(n);
   }
-  scratch_.resize(n_threads < 1 ? 1 : n_threads);
-  for (auto &s : scratch_) s.resize(shape.n_ctx);
 }
 
 uint64_t FullKvCache::bytes() const {
@@ -48,39 +47,17 @@ void FullKvCache::store(int layer, int pos0, int n, const float *k, const float 
 }
 
 void FullKvCache::attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) {
-  const int hd = shape_.head_dim, nh = shape_.n_head, group = shape_.n_head / shape_.n_head_kv;
-  const float scale = 1.0f / std::sqrt((float)hd);
-  const int n_tasks = n * nh;
-  std::atomic<int> next{0};
-  pool.run([&](int ith, int) {
-    float *scores = scratch_[ith].data();
-    for (int task; (task = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
-      const int t = task / nh, h = task % nh, g = h / group;
-      const int n_pos = pos0 + t + 1;
-      const float *qh = q + ((size_t)t * nh + h) * hd;
-      float *oh = out + ((size_t)t * nh + h) * hd;
-      const size_t base = row_index(layer, g, 0);
-      float mx = -INFINITY;
-      for (int j = 0; j < n_pos; ++j) {
-        float s = (f16_ ? dot_f16_f32(&k16_[base + (size_t)j * hd], qh, hd)
-                        : dot_f32(&k32_[base + (size_t)j * hd], qh, hd)) * scale;
-        scores[j] = s;
-        mx = s > mx ? s : mx;
-      }
-      float sum = 0;
-      for (int j = 0; j < n_pos; ++j) {
-        float e = std::exp(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-      }
-      const float inv = 1.0f / sum;
-      std::memset(oh, 0, hd * sizeof(float));
-      for (int j = 0; j < n_pos; ++j) {
-        if (f16_) axpy_f16(scores[j] * inv, &v16_[base + (size_t)j * hd], oh, hd);
-        else axpy_f32(scores[j] * inv, &v32_[base + (size_t)j * hd], oh, hd);
-      }
-    }
-  });
+  if (f16_) {
+    const uint16_t *k = k16_.data(), *v = v16_.data();
+    attn::causal_attention(
+        pool, shape_, pos0, n, q, out, [&](int g, int j) { return k + row_index(layer, g, j); },
+        [&](int g, int j) { return v + row_index(layer, g, j); });
+  } else {
+    const float *k = k32_.data(), *v = v32_.data();
+    attn::causal_attention(
+        pool, shape_, pos0, n, q, out, [&](int g, int j) { return k + row_index(layer, g, j); },
+        [&](int g, int j) { return v + row_index(layer, g, j); });
+  }
 }
 
 }  // namespace specode

@@ -118,8 +118,6 @@ class FullKvCache final : public KvCache {
   // [n_layer][n_head_kv][n_ctx][head_dim] in fp16 (k16_/v16_) or fp32 (k32_/v32_).
   std::vector<uint16_t> k16_, v16_;
   std::vector<float> k32_, v32_;
-  // Per-thread score scratch: [n_threads][n_ctx].
-  std::vector<std::vector<float>> scratch_;
 };
 
 }  // namespace specode

@@ -96,6 +96,11 @@ int model_load(const std::string &path, int n_threads, std::unique_ptr<Model> *o
            " != head_dim " + std::to_string(hp.head_dim) + ") are not supported";
     return SPECODE_ERR_UNSUPPORTED;
   }
+  if (hp.head_dim % 4 != 0 || hp.head_dim > 256) {
+    *err = path + ": head size " + std::to_string(hp.head_dim) +
+           " is not supported (the attention kernels take multiples of 4 up to 256)";
+    return SPECODE_ERR_UNSUPPORTED;
+  }
   if (f.get("llama.rope.scaling.type") || f.get("qwen2.rope.scaling.type")) {
     std::string t = f.get_str(a + "rope.scaling.type", "none");
     if (t != "none") {

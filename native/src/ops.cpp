@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string_view>
 
+#include "attention.h"
 #include "quant.h"
 
 #if defined(__x86_64__)
@@ -33,10 +34,7 @@ void rope_apply(float *x, int head_dim, int pos, const float *inv_freq, bool neo
 }
 
 void swiglu(const float *gate, const float *up, float *out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+  attn::widest_kernels().silu_mul(gate, up, out, n);
 }
 
 void add_inplace(float *y, const float *x, int64_t n) {

@@ -272,8 +272,9 @@ void PagedKvCache::attend_host_exact(int layer, int pos0, int n, const float *q,
   const PageId *table = pages_->page_table(seq_).data();
   const int P = cfg_.page_tokens;
   KvPages &pg = *pages_;
-  attend_exact_f16(
-      pool, scores_, shape_, pos0, n, q, out,
+  // Exact attention through full's kernels: the same rows give the same bits.
+  attn::causal_attention(
+      pool, shape_, pos0, n, q, out,
       [&](int g, int j) { return (const uint16_t *)pg.k_row(table[j / P], layer, g, j % P); },
       [&](int g, int j) { return (const uint16_t *)pg.v_row(table[j / P], layer, g, j % P); });
 }
@@ -301,8 +302,8 @@ void PagedKvCache::attend_offload_all(int layer, int pos0, int n, const float *q
   fetch_bytes_ += (uint64_t)rows * NKV * HD * sizeof(uint16_t) * 2;
   staged_rows_ = rows;
   const uint16_t *sk = stage_k_.data(), *sv = stage_v_.data();
-  attend_exact_f16(
-      pool, scores_, shape_, pos0, n, q, out, [&](int g, int j) { return sk + ((size_t)g * ctx + j) * HD; },
+  attn::causal_attention(
+      pool, shape_, pos0, n, q, out, [&](int g, int j) { return sk + ((size_t)g * ctx + j) * HD; },
       [&](int g, int j) { return sv + ((size_t)g * ctx + j) * HD; });
 }
 

@@ -240,36 +240,33 @@ void PagedKvCache::fp16_piece(int layer, int h, int ti, int ith, bool select) {
     if (i < n_fetched + nr) return resid_v(layer, h, i - n_fetched);
     return &new_v_[((size_t)(i - n_fetched - nr) * NKV + h) * HD];
   };
+  // Rows in (token, head) order over keys in position order, through full's
+  // kernels: when every low-bit position is fetched the output is full's, bit
+  // for bit.
   const float scale = 1.0f / std::sqrt((float)HD);
+  attn::Worker &w = attn::worker();
+  w.reserve(rows, HD);
   for (int r = 0; r < rows; ++r) {
     const int t = r / G, hq = r % G;
+    const float *src = q_ + ((size_t)t * shape_.n_head + h * G + hq) * HD;
+    for (int c = 0; c < HD; ++c) w.q[(size_t)r * HD + c] = src[c] * scale;
     // Unkept token i is at position pos0 + n_keep + i: row t sees it when n_keep + i <= t.
-    const int visible = n_fetched + nr + std::max(0, std::min(n_new, t - n_keep + 1));
-    // Rows are in position order and the arithmetic is FullKvCache's, so
-    // when every low-bit position is fetched the output is full's, bit for bit.
-    const float *qv = q_ + ((size_t)t * shape_.n_head + h * G + hq) * HD;
-    float mx = -INFINITY;
-    for (int i = 0; i < visible; ++i) {
-      float s = dot_f16_f32(krow(i), qv, HD) * scale;
-      sc[i] = s;
-      mx = s > mx ? s : mx;
-    }
-    float sum = 0;
-    for (int i = 0; i < visible; ++i) {
-      float e = std::exp(sc[i] - mx);
-      sc[i] = e;
-      sum += e;
-    }
-    float *acc = &part_acc_[((size_t)ti * rows + r) * HD];
-    std::memset(acc, 0, HD * sizeof(float));
-    const float inv = 1.0f / sum;
-    for (int i = 0; i < visible; ++i) axpy_f16(sc[i] * inv, vrow(i), acc, HD);
-    part_m_[(size_t)ti * rows + r] = visible ? mx : -INFINITY;
-    part_l_[(size_t)ti * rows + r] = sum;
-    if (select && t == pass_.select_row) {
-      std::memcpy(&fetched_e_[((size_t)h * G + hq) * std::max(1, K)], sc.data(), n_fetched * sizeof(float));
-      if (nr == R) std::memcpy(&resid_e_[((size_t)h * G + hq) * R], sc.data() + n_fetched, R * sizeof(float));
-    }
+    w.limit[r] = n_fetched + nr + std::max(0, std::min(n_new, t - n_keep + 1));
+  }
+  float *acc = &part_acc_[(size_t)ti * rows * HD], *pm = &part_m_[(size_t)ti * rows], *pl = &part_l_[(size_t)ti * rows];
+  attn::rows_attend(attn::kernels_for(HD), HD, rows, w.q.data(), w.limit.data(), 0, n_all, krow, vrow, acc, pm, pl, w);
+  for (int r = 0; r < rows; ++r) attn::finish_row(acc + (size_t)r * HD, pl[r], acc + (size_t)r * HD, HD);
+  if (!select) return;
+  // exp(score - max) of the select row's fetched and residual keys, for the top-k choice.
+  const int n_scored = n_fetched + (nr == R ? R : 0);
+  if (sc.size() < (size_t)n_scored) sc.resize(n_scored);
+  for (int hq = 0; hq < G; ++hq) {
+    const int r = pass_.select_row * G + hq;
+    if (pm[r] == -INFINITY) continue;
+    const float *qv = &w.q[(size_t)r * HD];
+    for (int i = 0; i < n_scored; ++i) sc[i] = std::exp(dot_f16_f32(krow(i), qv, HD) - pm[r]);
+    std::memcpy(&fetched_e_[((size_t)h * G + hq) * std::max(1, K)], sc.data(), n_fetched * sizeof(float));
+    if (nr == R) std::memcpy(&resid_e_[((size_t)h * G + hq) * R], sc.data() + n_fetched, R * sizeof(float));
   }
 }
 

@@ -1,6 +1,6 @@
 // specache_impl.h — internal to specache.cpp and specache_attend.cpp: the
-// paged KV cache class behind make_paged_kv_cache(), the fetch thread that
-// stands in for an async copy stream, and the exact fp16 attention loop.
+// paged KV cache class behind make_paged_kv_cache() and the fetch thread that
+// stands in for an async copy stream.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "attention.h"
 #include "kv_cache.h"
 #include "kv_pages.h"
 #include "lowbit.h"
@@ -103,43 +104,6 @@ class FetchThread {
   bool stop_ = false;
   std::thread thread_;
 };
-
-// Exact causal attention of n query tokens at positions pos0.. over fp16
-// rows [0, pos0 + t]: the same arithmetic, in the same order, as FullKvCache
-// with fp16 rows, so both give bit-identical outputs. krow(g, j), vrow(g, j):
-// [head_dim] fp16 rows of KV head g at position j.
-template <typename KRow, typename VRow>
-inline void attend_exact_f16(ThreadPool &pool, std::vector<std::vector<float>> &scratch, const KvShape &sh, int pos0, int n,
-                      const float *q, float *out, KRow krow, VRow vrow) {
-  const int hd = sh.head_dim, nh = sh.n_head, group = sh.n_head / sh.n_head_kv;
-  const float scale = 1.0f / std::sqrt((float)hd);
-  const int n_tasks = n * nh;
-  std::atomic<int> next{0};
-  pool.run([&](int ith, int) {
-    float *scores = scratch[ith].data();
-    for (int task; (task = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
-      const int t = task / nh, h = task % nh, g = h / group;
-      const int n_pos = pos0 + t + 1;
-      const float *qh = q + ((size_t)t * nh + h) * hd;
-      float *oh = out + ((size_t)t * nh + h) * hd;
-      float mx = -INFINITY;
-      for (int j = 0; j < n_pos; ++j) {
-        float s = dot_f16_f32(krow(g, j), qh, hd) * scale;
-        scores[j] = s;
-        mx = s > mx ? s : mx;
-      }
-      float sum = 0;
-      for (int j = 0; j < n_pos; ++j) {
-        float e = std::exp(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-      }
-      const float inv = 1.0f / sum;
-      std::memset(oh, 0, hd * sizeof(float));
-      for (int j = 0; j < n_pos; ++j) axpy_f16(scores[j] * inv, vrow(g, j), oh, hd);
-    }
-  });
-}
 
 struct RowCopy {
   uint16_t *dst;
