@@ -443,9 +443,13 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   else if (policy == "offload-all") p.kv_policy = SPECODE_KV_POLICY_OFFLOAD_ALL;
   else if (policy == "specache") p.kv_policy = SPECODE_KV_POLICY_SPECACHE;
   else if (policy == "specache-sync") p.kv_policy = SPECODE_KV_POLICY_SPECACHE_SYNC;
+  else if (policy == "streamingllm") p.kv_policy = SPECODE_KV_POLICY_STREAMINGLLM;
+  else if (policy == "h2o") p.kv_policy = SPECODE_KV_POLICY_H2O;
+  else if (policy == "kivi") p.kv_policy = SPECODE_KV_POLICY_KIVI;
   else
     return throw_error(env, SPECODE_ERR_ARGUMENT,
-                       "createContext: policy must be 'full', 'offload-all', 'specache' or 'specache-sync', got '" +
+                       "createContext: policy must be 'full', 'offload-all', 'specache', 'specache-sync', "
+                       "'streamingllm', 'h2o' or 'kivi', got '" +
                            policy + "'"),
            nullptr;
   p.kv_bits = (int32_t)opt_num(env, opts, "bits", p.kv_bits);
@@ -454,6 +458,9 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   p.kv_residual = (int32_t)opt_num(env, opts, "residual", p.kv_residual);
   p.kv_page_tokens = (int32_t)opt_num(env, opts, "pageTokens", p.kv_page_tokens);
   p.kv_measure = opt_bool(env, opts, "measure", false) ? 1 : 0;
+  p.kv_budget = (int32_t)opt_num(env, opts, "budget", p.kv_budget);
+  p.kv_budget_ratio = (float)opt_num(env, opts, "budgetRatio", p.kv_budget_ratio);
+  p.kv_sinks = (int32_t)opt_num(env, opts, "sinks", p.kv_sinks);
   specode_context *ctx = nullptr;
   int32_t st = specode_context_init(h->model, &p, &ctx);
   if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;

@@ -87,6 +87,14 @@ typedef enum specode_kv_policy {
   SPECODE_KV_POLICY_SPECACHE = 2,      /* low-bit copy + fp16 residual + top-k rows prefetched by a
                                           speculative token, one step ahead */
   SPECODE_KV_POLICY_SPECACHE_SYNC = 3, /* ablation: the real token's true top-k, fetched synchronously */
+  /* Baselines (no host pages; a prompt is prefilled exactly and the cache is
+   * compressed when generation starts, see native/src/baselines.h): */
+  SPECODE_KV_POLICY_STREAMINGLLM = 4,  /* attention sinks (kv_sinks first tokens) + the newest tokens,
+                                          kv_budget rows in all; the rest evicted */
+  SPECODE_KV_POLICY_H2O = 5,           /* heavy hitters (most accumulated attention, half the budget)
+                                          + the newest tokens (the other half); the rest evicted */
+  SPECODE_KV_POLICY_KIVI = 6,          /* KIVI: kv_bits-bit codes (keys per channel, values per token,
+                                          group kv_group) + the newest 1..kv_residual tokens in fp16 */
 } specode_kv_policy;
 
 typedef struct specode_context_params {
@@ -95,14 +103,20 @@ typedef struct specode_context_params {
   int32_t kv_type;       /* specode_kv_type (full policy only; paged policies hold fp16) */
   int32_t n_threads;     /* <= 0: the model's n_threads */
   int32_t kv_policy;     /* specode_kv_policy; default full */
-  int32_t kv_bits;       /* specache*: bits of the low-bit copy, 1 or 2; default 2 */
-  int32_t kv_group;      /* specache*: quantization group g, 32 or 64 (tokens per key group,
+  int32_t kv_bits;       /* specache*, kivi: bits of the low-bit copy, 1 or 2; default 2 */
+  int32_t kv_group;      /* specache*, kivi: quantization group g, 32 or 64 (tokens per key group,
                             channels per value group, capped at head_dim); default 64 */
   int32_t kv_topk;       /* specache*: fp16 rows fetched per layer per KV head; default 64 */
-  int32_t kv_residual;   /* specache*: newest tokens kept in fp16, a multiple of kv_group; default 64 */
+  int32_t kv_residual;   /* specache*, kivi: newest tokens kept in fp16, a multiple of kv_group;
+                            0 (default): the policy's own, specache* 64, kivi 128 */
   int32_t kv_page_tokens;/* paged policies: tokens per host page; default 64 */
   int32_t kv_measure;    /* specache: 1 = also compute each real token's true top-k (exact scores
                             over the host pages) to report top-k overlap; costs a full pass */
+  int32_t kv_budget;     /* h2o, streamingllm: K/V rows kept per layer and KV head once generation
+                            starts; 0 (default): kv_budget_ratio of the tokens held */
+  float kv_budget_ratio; /* h2o, streamingllm: used when kv_budget is 0, in (0, 1]; 0: 0.2 (default) */
+  int32_t kv_sinks;      /* streamingllm: first tokens always kept (attention sinks), >= 0;
+                            default 4; kv_budget, when set, must exceed it */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);
@@ -166,13 +180,15 @@ int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t 
 /* What the KV policy holds and moves. "Device" is the accelerator tier; on
  * the CPU backend it lives in RAM and is counted as VRAM would be. */
 typedef struct specode_kv_metrics {
-  char policy[16];                  /* "full", "offload-all", "specache", "specache-sync" */
+  char policy[16];                  /* "full", "offload-all", "specache", "specache-sync",
+                                       "streamingllm", "h2o", "kivi" */
   uint64_t device_weight_bytes;     /* model weights */
   uint64_t device_lowbit_bytes;     /* low-bit K/V copy: codes + fp16 scales/zeros */
   uint64_t device_residual_bytes;   /* fp16 residual window (allocated) */
   uint64_t device_prefetch_bytes;   /* fp16 prefetch buffers (allocated) */
-  uint64_t device_full_bytes;       /* full-precision rows on device: the whole cache (full) or
-                                       one layer's staged rows (offload-all) */
+  uint64_t device_full_bytes;       /* full-precision rows on device: the whole cache (full), one
+                                       layer's staged rows (offload-all) or the rows not evicted
+                                       (h2o, streamingllm) */
   uint64_t device_kv_bytes;         /* sum of the four above */
   uint64_t host_kv_bytes;           /* host pages allocated (in use and cached) */
   uint64_t fp16_kv_bytes;           /* the held tokens' K/V in fp16 (what full fp16 would need) */

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "baselines.h"
 #include "ops.h"
 #include "specode.h"
 
@@ -113,6 +114,16 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
   KvShape shape{hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, cfg_.n_ctx};
   if (cfg_.policy == KvPolicy::Full) {
     kv_ = std::make_unique<FullKvCache>(shape, cfg_.kv_f16, pool().size());
+  } else if (is_baseline_policy(cfg_.policy)) {
+    BaselineKvConfig bc;
+    bc.policy = cfg_.policy;
+    bc.budget = cfg_.kv_budget;
+    bc.budget_ratio = cfg_.kv_budget_ratio;
+    bc.sinks = cfg_.kv_sinks;
+    bc.bits = cfg_.kv_bits;
+    bc.group = cfg_.kv_group;
+    bc.residual = cfg_.kv_residual;
+    kv_ = make_baseline_kv_cache(shape, bc);
   } else {
     PagedKvConfig pc;
     pc.policy = cfg_.policy;

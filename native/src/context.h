@@ -20,12 +20,15 @@ struct ContextConfig {
   bool kv_f16 = true;  // full policy only
   int n_threads = 0;   // <= 0: the model's pool
   KvPolicy policy = KvPolicy::Full;
-  int kv_bits = 2;         // paged policies: see PagedKvConfig
+  int kv_bits = 2;         // paged policies and kivi: see PagedKvConfig
   int kv_group = 64;
   int kv_topk = 64;
   int kv_residual = 64;
   int kv_page_tokens = 64;
   bool kv_measure = false;
+  int kv_budget = 0;             // h2o, streamingllm: see BaselineKvConfig
+  float kv_budget_ratio = 0.2f;
+  int kv_sinks = 4;
 };
 
 class Context {

@@ -98,9 +98,12 @@ specode_context_params specode_context_default_params(void) {
   p.kv_bits = 2;
   p.kv_group = 64;
   p.kv_topk = 64;
-  p.kv_residual = 64;
   p.kv_page_tokens = 64;
   p.kv_measure = 0;
+  p.kv_residual = 0;  // the policy's own: specache* 64, kivi 128
+  p.kv_budget = 0;
+  p.kv_budget_ratio = 0.0f;  // 0.2
+  p.kv_sinks = 4;
   return p;
 }
 
@@ -111,13 +114,34 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_type must be SPECODE_KV_F16 or SPECODE_KV_F32");
   if (params->n_ctx > (1u << 20))
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: n_ctx " + std::to_string(params->n_ctx) + " is too large");
-  if (params->kv_policy < SPECODE_KV_POLICY_FULL || params->kv_policy > SPECODE_KV_POLICY_SPECACHE_SYNC)
+  if (params->kv_policy < SPECODE_KV_POLICY_FULL || params->kv_policy > SPECODE_KV_POLICY_KIVI)
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_policy " + std::to_string(params->kv_policy) +
                                                " is not one of full (0), offload-all (1), specache (2), "
-                                               "specache-sync (3)");
-  if (params->kv_policy != SPECODE_KV_POLICY_FULL) {
+                                               "specache-sync (3), streamingllm (4), h2o (5), kivi (6)");
+  const bool paged = params->kv_policy >= SPECODE_KV_POLICY_OFFLOAD_ALL &&
+                     params->kv_policy <= SPECODE_KV_POLICY_SPECACHE_SYNC;
+  const bool evicting = params->kv_policy == SPECODE_KV_POLICY_STREAMINGLLM || params->kv_policy == SPECODE_KV_POLICY_H2O;
+  const int residual = params->kv_residual ? params->kv_residual : params->kv_policy == SPECODE_KV_POLICY_KIVI ? 128 : 64;
+  const float budget_ratio = params->kv_budget_ratio ? params->kv_budget_ratio : 0.2f;
+  if (evicting) {
+    if (params->kv_budget < 0 || params->kv_budget > (1 << 20))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget must be in [0, 2^20] tokens, got " +
+                                                 std::to_string(params->kv_budget));
+    if (!(budget_ratio > 0.0f && budget_ratio <= 1.0f))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget_ratio must be in (0, 1], got " +
+                                                 std::to_string(params->kv_budget_ratio));
+    if (params->kv_sinks < 0 || params->kv_sinks > (1 << 20))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_sinks must be >= 0, got " +
+                                                 std::to_string(params->kv_sinks));
+    if (params->kv_policy == SPECODE_KV_POLICY_STREAMINGLLM && params->kv_budget > 0 &&
+        params->kv_budget <= params->kv_sinks)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget (" + std::to_string(params->kv_budget) +
+                                                 ") must exceed kv_sinks (" + std::to_string(params->kv_sinks) +
+                                                 ") to leave a recent window");
+  }
+  if (paged || params->kv_policy == SPECODE_KV_POLICY_KIVI) {
     const specode::Hparams &hp = model->impl->hp;
-    const int g = params->kv_group, R = params->kv_residual;
+    const int g = params->kv_group, R = residual;
     if (params->kv_bits != 1 && params->kv_bits != 2)
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_bits must be 1 or 2, got " +
                                                  std::to_string(params->kv_bits));
@@ -126,10 +150,10 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     if (R <= 0 || R % g != 0)
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_residual (" + std::to_string(R) +
                                                  ") must be a positive multiple of kv_group (" + std::to_string(g) + ")");
-    if (params->kv_topk < 0 || params->kv_topk > (1 << 20))
+    if (paged && (params->kv_topk < 0 || params->kv_topk > (1 << 20)))
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_topk must be in [0, 2^20], got " +
                                                  std::to_string(params->kv_topk));
-    if (params->kv_page_tokens <= 0 || params->kv_page_tokens > 4096)
+    if (paged && (params->kv_page_tokens <= 0 || params->kv_page_tokens > 4096))
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_page_tokens must be in [1, 4096], got " +
                                                  std::to_string(params->kv_page_tokens));
     if (hp.head_dim % 8 != 0 || hp.head_dim % std::min(g, hp.head_dim) != 0)
@@ -146,9 +170,12 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_bits = params->kv_bits;
   cfg.kv_group = params->kv_group;
   cfg.kv_topk = params->kv_topk;
-  cfg.kv_residual = params->kv_residual;
+  cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;
+  cfg.kv_budget = params->kv_budget;
+  cfg.kv_budget_ratio = budget_ratio;
+  cfg.kv_sinks = params->kv_sinks;
   try {
     *out = new specode_context{std::make_unique<specode::Context>(model->impl.get(), cfg)};
     return SPECODE_OK;

@@ -37,23 +37,34 @@ export interface ContextOptions {
    * baseline); 'specache' keeps a low-bit copy + fp16 residual on the device and prefetches
    * the top-k rows chosen by a speculative token one step ahead; 'specache-sync' fetches the
    * real token's true top-k synchronously (ablation).
+   * Baselines (no host pages; a prompt is prefilled exactly and the cache is compressed when
+   * generation starts): 'streamingllm' keeps `sinks` attention sinks + the newest tokens,
+   * `budget` rows in all; 'h2o' keeps the rows with the most accumulated attention (half the
+   * budget) + the newest tokens (the other half); 'kivi' keeps 2-bit codes (keys per channel,
+   * values per token) + the newest 1..`residual` tokens in fp16.
    */
   policy?: KvPolicy;
-  /** specache*: bits of the low-bit copy, 1 or 2 (default 2). */
+  /** specache*, kivi: bits of the low-bit copy, 1 or 2 (default 2). */
   bits?: 1 | 2;
-  /** specache*: quantization group, 32 or 64 (default 64). */
+  /** specache*, kivi: quantization group, 32 or 64 (default 64). */
   group?: 32 | 64;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache*: newest tokens kept in fp16, a multiple of group (default 64). */
+  /** specache*, kivi: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128). */
   residual?: number;
+  /** h2o, streamingllm: K/V rows kept per layer and KV head; 0 or absent: `budgetRatio` of the tokens held. */
+  budget?: number;
+  /** h2o, streamingllm: the budget as a fraction of the tokens held, in (0, 1] (default 0.2). */
+  budgetRatio?: number;
+  /** streamingllm: first tokens always kept (attention sinks), default 4; `budget` must exceed it. */
+  sinks?: number;
   /** Paged policies: tokens per host page (default 64). */
   pageTokens?: number;
   /** specache: also compute each real token's true top-k to report top-k overlap (slow). */
   measure?: boolean;
 }
 
-export type KvPolicy = 'full' | 'offload-all' | 'specache' | 'specache-sync';
+export type KvPolicy = 'full' | 'offload-all' | 'specache' | 'specache-sync' | 'streamingllm' | 'h2o' | 'kivi';
 
 /** What the KV policy holds and moves ("device" = accelerator tier; in RAM on the CPU backend). */
 export interface KvMetrics {
@@ -65,7 +76,7 @@ export interface KvMetrics {
   deviceResidualBytes: number;
   /** fp16 prefetch buffers (allocated). */
   devicePrefetchBytes: number;
-  /** Full-precision rows on device: the whole cache (full) or one layer's staged rows (offload-all). */
+  /** Full-precision rows on device: the whole cache (full), one layer's staged rows (offload-all) or the rows not evicted (h2o, streamingllm). */
   deviceFullBytes: number;
   /** Sum of the four device KV kinds. */
   deviceKvBytes: number;

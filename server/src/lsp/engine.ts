@@ -39,7 +39,7 @@ export type EngineFactory = (modelPath: string, config: ServerConfig) => Promise
  * know a key ignores it; the status reports what the engine itself says.
  */
 /** KV policies the engine runs today; the others in the settings are issue #6. */
-const ENGINE_POLICIES = ['full', 'offload-all', 'specache', 'specache-sync'] as const;
+const ENGINE_POLICIES = ['full', 'offload-all', 'specache', 'specache-sync', 'streamingllm', 'h2o', 'kivi'] as const;
 
 function contextOptions(config: ServerConfig): ContextOptions & Record<string, unknown> {
   const policy = (ENGINE_POLICIES as readonly string[]).includes(config.kvPolicy) ? (config.kvPolicy as ContextOptions['policy']) : undefined;
