@@ -285,6 +285,23 @@ napi_value ctx_truncate(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// copyFrom(src): synchronous (it copies rows, it runs no model); see specode_context_copy.
+napi_value ctx_copy_from(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  auto *box = this_box<ContextBox>(env, info, &argc, argv);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "copyFrom: the context was freed"), nullptr;
+  void *raw = nullptr;
+  if (argc < 1 || napi_unwrap(env, argv[0], &raw) != napi_ok || !raw)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "copyFrom: the argument must be a context"), nullptr;
+  auto *src = static_cast<ContextBox *>(raw);
+  if (src->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "copyFrom: the source context was freed"), nullptr;
+  if (box->busy || src->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "copyFrom: a decode is running"), nullptr;
+  int32_t st = specode_context_copy(box->ctx, src->ctx);
+  if (st != SPECODE_OK) throw_error(env, st, specode_last_error());
+  return nullptr;
+}
+
 napi_value ctx_cancel(napi_env env, napi_callback_info info) {
   size_t argc = 0;
   auto *box = this_box<ContextBox>(env, info, &argc, nullptr);
@@ -475,6 +492,7 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   napi_create_object(env, &o);
   set_fn(env, o, "decode", ctx_decode, box);
   set_fn(env, o, "truncate", ctx_truncate, box);
+  set_fn(env, o, "copyFrom", ctx_copy_from, box);
   set_fn(env, o, "cancel", ctx_cancel, box);
   set_fn(env, o, "decodeSpec", ctx_decode_spec, box);
   set_fn(env, o, "metrics", ctx_metrics, box);

@@ -131,6 +131,14 @@ uint32_t specode_context_n_past(const specode_context *ctx);
 /* Drop every cached position >= n_keep (for prefix reuse and rewinds). */
 int32_t specode_context_truncate(specode_context *ctx, uint32_t n_keep);
 
+/* Make dst hold the same tokens and K/V as src (contexts of the same model;
+ * any policies; dst's n_ctx must fit src's tokens) without running the model:
+ * src's full-precision rows are written through dst's policy exactly as a
+ * prefill would write them (a low-bit policy builds its low-bit copy from
+ * them), and src's last logits are copied. What dst held before is dropped.
+ * Used to evaluate several policies on one prefill. */
+int32_t specode_context_copy(specode_context *dst, const specode_context *src);
+
 /* Run tokens at positions n_past .. n_past+n_tokens-1, appending their K/V.
  * Prefill is chunked by n_batch internally. Paged policies adopt leading
  * tokens held in cached host pages instead of recomputing them (not with

@@ -173,6 +173,62 @@ int Context::truncate(int n_keep, std::string *err) {
   return SPECODE_OK;
 }
 
+int Context::copy_from(const Context &src, std::string *err) {
+  if (&src == this) return SPECODE_OK;
+  if (src.model_ != model_) {
+    *err = "context_copy: the two contexts belong to different models";
+    return SPECODE_ERR_ARGUMENT;
+  }
+  const int n = src.n_past_;
+  if (n > cfg_.n_ctx) {
+    *err = "context_copy: the source holds " + std::to_string(n) + " tokens, more than this context's n_ctx " +
+           std::to_string(cfg_.n_ctx);
+    return SPECODE_ERR_ARGUMENT;
+  }
+  const Hparams &hp = model_->hp;
+  const int KV = hp.n_head_kv * hp.head_dim;
+  std::lock_guard<std::mutex> lock(model_->pool_mutex);
+  if (n_past_ > 0) {
+    n_past_ = 0;
+    tokens_.clear();
+    kv_->truncate(0);
+  }
+  has_logits_ = false;
+  forget_speculation();
+  std::vector<float> k((size_t)cfg_.n_batch * KV), v(k.size());
+  for (int done = 0; done < n;) {
+    const int chunk = std::min(cfg_.n_batch, n - done);
+    KvPass pass;
+    pass.pos0 = done;
+    pass.n = pass.n_keep = chunk;
+    pass.tokens = src.tokens_.data() + done;
+    if (!kv_->begin_pass(pass)) {
+      publish_metrics();
+      *err = "context_copy: the KV cache has no free page left for " + std::to_string(chunk) + " more tokens";
+      return SPECODE_ERR_NOMEM;
+    }
+    for (int l = 0; l < hp.n_layer; ++l) {
+      if (!src.kv_->read(l, done, chunk, k.data(), v.data())) {
+        kv_->end_pass();
+        publish_metrics();
+        *err = std::string("context_copy: the source policy '") + src.kv_->policy() + "' keeps no full-precision rows to copy";
+        return SPECODE_ERR_UNSUPPORTED;
+      }
+      kv_->store(l, done, chunk, k.data(), v.data());
+    }
+    kv_->end_pass();
+    n_past_ += chunk;
+    tokens_.insert(tokens_.end(), pass.tokens, pass.tokens + chunk);
+    done += chunk;
+  }
+  if (src.has_logits_) {
+    logits_ = src.logits_;
+    has_logits_ = true;
+  }
+  publish_metrics();
+  return SPECODE_OK;
+}
+
 int Context::cached_prefix(const int32_t *tokens, int n) const {
   int same = 0;
   while (same < n && same < n_past_ && tokens_[same] == tokens[same]) ++same;

@@ -46,6 +46,10 @@ class Context {
   // token run at n_past + 1, or -1.
   int decode_step(int32_t token, float *logits_out, int32_t *spec_out, std::string *err);
   int truncate(int n_keep, std::string *err);
+  // Makes this context hold src's tokens with src's K/V rows (same model),
+  // written through this context's policy as a prefill would write them but
+  // without running the model; src's last logits come along.
+  int copy_from(const Context &src, std::string *err);
   // Leading tokens of tokens[0..n) a decode would not recompute.
   int cached_prefix(const int32_t *tokens, int n) const;
   // Snapshot as of the end of the last decode/truncate; thread-safe.

@@ -196,6 +196,17 @@ int32_t specode_context_truncate(specode_context *ctx, uint32_t n_keep) {
   return st == SPECODE_OK ? st : set_error(st, err);
 }
 
+int32_t specode_context_copy(specode_context *dst, const specode_context *src) {
+  if (!dst || !src) return set_error(SPECODE_ERR_ARGUMENT, "context_copy: null context");
+  try {
+    std::string err;
+    int st = dst->impl->copy_from(*src->impl, &err);
+    return st == SPECODE_OK ? st : set_error(st, err);
+  } catch (const std::bad_alloc &) {
+    return set_error(SPECODE_ERR_NOMEM, "context_copy: out of memory");
+  }
+}
+
 int32_t specode_decode(specode_context *ctx, const int32_t *tokens, uint32_t n_tokens, int32_t all_logits,
                        float *logits_out) {
   if (!ctx || (!tokens && n_tokens)) return set_error(SPECODE_ERR_ARGUMENT, "decode: null argument");

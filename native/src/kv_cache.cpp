@@ -6,6 +6,7 @@
 
 #include "attention.h"
 #include "ops.h"
+#include "quant.h"
 
 namespace specode {
 
@@ -44,6 +45,19 @@ void FullKvCache::store(int layer, int pos0, int n, const float *k, const float 
         std::memcpy(&v32_[at], vs, hd * sizeof(float));
       }
     }
+}
+
+bool FullKvCache::read(int layer, int pos0, int n, float *k, float *v) const {
+  const int hd = shape_.head_dim, nkv = shape_.n_head_kv;
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < nkv; ++h) {
+      const size_t at = row_index(layer, h, pos0 + t), to = ((size_t)t * nkv + h) * hd;
+      for (int c = 0; c < hd; ++c) {
+        k[to + c] = f16_ ? fp16_to_fp32(k16_[at + c]) : k32_[at + c];
+        v[to + c] = f16_ ? fp16_to_fp32(v16_[at + c]) : v32_[at + c];
+      }
+    }
+  return true;
 }
 
 void FullKvCache::attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) {

@@ -76,6 +76,11 @@ class KvCache {
   // Forget positions >= n_keep.
   virtual void truncate(int n_keep) = 0;
 
+  // The full-precision K/V of held positions [pos0, pos0 + n) of one layer, as
+  // store() takes them (k, v: [n][n_head_kv * head_dim] fp32). False when the
+  // policy keeps no full-precision copy of them.
+  virtual bool read(int layer, int pos0, int n, float *k, float *v) const { return false; }
+
   // Bytes held for K/V.
   virtual uint64_t bytes() const = 0;
 
@@ -110,6 +115,7 @@ class FullKvCache final : public KvCache {
   void store(int layer, int pos0, int n, const float *k, const float *v) override;
   void attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) override;
   void truncate(int) override {}
+  bool read(int layer, int pos0, int n, float *k, float *v) const override;
   uint64_t bytes() const override;
 
  private:

@@ -242,6 +242,20 @@ void PagedKvCache::run_fetch(int layer) {
   if (cfg_.fetch_delay_ns > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(cfg_.fetch_delay_ns));
 }
 
+bool PagedKvCache::read(int layer, int pos0, int n, float *k, float *v) const {
+  const int hd = shape_.head_dim, nkv = shape_.n_head_kv;
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < nkv; ++h) {
+      const uint16_t *kr = pages_->seq_k_row(seq_, layer, h, pos0 + t), *vr = pages_->seq_v_row(seq_, layer, h, pos0 + t);
+      const size_t to = ((size_t)t * nkv + h) * hd;
+      for (int c = 0; c < hd; ++c) {
+        k[to + c] = fp16_to_fp32(kr[c]);
+        v[to + c] = fp16_to_fp32(vr[c]);
+      }
+    }
+  return true;
+}
+
 void PagedKvCache::truncate(int n_keep) {
   if (n_keep >= n_tokens()) return;
   if (lowbit_policy()) drop_fetched();

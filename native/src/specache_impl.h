@@ -121,6 +121,7 @@ class PagedKvCache final : public KvCache {
   void store(int layer, int pos0, int n, const float *k, const float *v) override;
   void attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) override;
   void truncate(int n_keep) override;
+  bool read(int layer, int pos0, int n, float *k, float *v) const override;
   uint64_t bytes() const override;
   int adopt_cached(const int32_t *next, int n) override;
   int cached_prefix(const int32_t *tokens, int n) const override { return pages_->cached_prefix(tokens, n); }

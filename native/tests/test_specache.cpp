@@ -498,3 +498,41 @@ TEST(specache_rejects_bad_parameters) {
   CHECK(specode_decode_spec(ctx, t, nullptr, nullptr) == SPECODE_ERR_ARGUMENT);  // nothing decoded yet
   specode_context_free(ctx);
 }
+
+TEST(specache_context_copy_equals_own_prefill) {
+  // A specache context that copies a full context's prefill then decodes exactly
+  // like one that ran the prefill itself; full copies back from a paged context.
+  TinyModel tm;
+  const int n_prompt = 200, n_ctx = 384, n_steps = 12;
+  auto toks = prompt(n_prompt, 11);
+  specode_context *full = tm.context(SPECODE_KV_POLICY_FULL, n_ctx, 0);
+  specode_context *own = tm.context(SPECODE_KV_POLICY_SPECACHE, n_ctx, 16);
+  specode_context *copy = tm.context(SPECODE_KV_POLICY_SPECACHE, n_ctx, 16);
+  specode_context *back = tm.context(SPECODE_KV_POLICY_FULL, n_ctx, 0);
+  std::vector<float> lf(kVocab), lo(kVocab), lc(kVocab), lb(kVocab);
+  CHECK(specode_decode(full, toks.data(), n_prompt, 0, lf.data()) == SPECODE_OK);
+  CHECK(specode_decode(own, toks.data(), n_prompt, 0, lo.data()) == SPECODE_OK);
+  CHECK(specode_decode(copy, toks.data(), 10, 0, nullptr) == SPECODE_OK);  // dropped by the copy
+  CHECK(specode_context_copy(copy, full) == SPECODE_OK);
+  CHECK(specode_context_n_past(copy) == (uint32_t)n_prompt);
+  const float *copied = specode_context_logits(copy);
+  CHECK(copied != nullptr && std::equal(lf.begin(), lf.end(), copied));
+  specode_kv_metrics mo, mc;
+  specode_context_metrics(own, &mo);
+  specode_context_metrics(copy, &mc);
+  CHECK(mo.n_lowbit_tokens == mc.n_lowbit_tokens && mo.device_lowbit_bytes == mc.device_lowbit_bytes);
+  for (int step = 0; step < n_steps; ++step) {
+    const int32_t tok = argmax(lo.data(), kVocab);
+    CHECK(specode_decode(own, &tok, 1, 0, lo.data()) == SPECODE_OK);
+    CHECK(specode_decode(copy, &tok, 1, 0, lc.data()) == SPECODE_OK);
+    CHECK(max_diff(lo, lc) == 0.0f);
+  }
+  CHECK(specode_context_copy(back, copy) == SPECODE_OK);
+  CHECK(specode_context_n_past(back) == (uint32_t)(n_prompt + n_steps));
+  // A context too small for the source is refused and says so.
+  specode_context *small = tm.context(SPECODE_KV_POLICY_FULL, 64, 0);
+  CHECK(specode_context_copy(small, full) == SPECODE_ERR_ARGUMENT);
+  CHECK(std::string(specode_last_error()).find("n_ctx") != std::string::npos);
+  CHECK(specode_context_copy(nullptr, full) == SPECODE_ERR_ARGUMENT);
+  for (specode_context *c : {full, own, copy, back, small}) specode_context_free(c);
+}

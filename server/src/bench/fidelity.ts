@@ -18,17 +18,18 @@
 // with the answer prefix "The secret passkey for X is", so the first generated
 // token is the space before the digits and all digits come from decode steps.
 //
-// Cost: prefill dominates on a CPU. Each policy has its own context; within
-// one trial the needle moves from the deepest depth to the shallowest, so the
-// context keeps the KV of every id before the needle (prefix reuse) and only
-// the rest is recomputed (~half the prefills of starting over).
+// Cost: prefill dominates on a CPU. Every input is prefilled once, by `full`;
+// the other policies copy its K/V rows (ctx.copyFrom writes them through the
+// policy exactly as its own prefill would). Within one trial the needle moves
+// from the deepest depth to the shallowest, so full keeps the KV of every id
+// before the needle (prefix reuse) and only the rest is recomputed.
 import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readGguf } from '../engine/gguf';
 import { loadAddon, type ContextOptions, type KvMetrics, type KvPolicy, type NativeContext, type NativeModel } from '../engine/native';
 import { Tokenizer } from '../engine/tokenizer';
-import { envelope, log, sha256File, type Envelope } from './common';
+import { envelope, log, projectRoot, sha256File, type Envelope } from './common';
 import {
   agreement, boundaries, buildFimCase, buildHaystack, deriveSeed, depths as depthList, listDocs, makeNeedles,
   needlePromptHead, needlePromptTail, placeNeedles, rng, scoreAnswer, answerComplete, seededDocs, type DocKind, type DocRef,
@@ -107,6 +108,8 @@ export interface FidelityRow {
   fetch_bytes_per_step: number | null;
   prefill_tokens_computed: number;
   prefill_s: number;
+  /** Seconds spent copying full's prefilled rows into this policy (ctx.copyFrom). */
+  copy_s: number;
   decode_steps: number;
   decode_s: number;
   answers?: string[];
@@ -159,8 +162,16 @@ class Runner {
   prefillMs = 0;
   steps = 0;
   stepMs = 0;
+  copyMs = 0;
+  private last: Float32Array | null = null;
 
   constructor(readonly ctx: NativeContext, readonly caps: Caps) {}
+
+  /** The logits of the last prefill or step. */
+  async lastLogits(): Promise<Float32Array> {
+    if (!this.last) throw new Error('fidelity: no logits yet');
+    return this.last;
+  }
 
   /** Make the context hold `ids`; returns the last token's logits. */
   async prefill(ids: number[]): Promise<Float32Array> {
@@ -176,6 +187,7 @@ class Runner {
     this.prefillTokens += ids.length - common;
     this.held = ids.slice();
     if (!logits) throw new Error('fidelity: the engine returned no logits');
+    this.last = logits;
     return logits;
   }
 
@@ -189,6 +201,7 @@ class Runner {
     this.steps++;
     this.held.push(tok);
     if (!logits) throw new Error('fidelity: the engine returned no logits');
+    this.last = logits;
     return logits;
   }
 
@@ -311,8 +324,8 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
   const residual = o.residual ?? 64;
   // Policy configurations; full first (code-agreement needs its continuation).
   const cfgs: PolicyCfg[] = [];
-  const wantFull = o.policies.includes('full') || o.tasks.includes('code-agreement');
-  if (wantFull) cfgs.push({ policy: 'full', bits: null, label: 'full' });
+  // full always runs: it prefills for the others and is the reference.
+  cfgs.push({ policy: 'full', bits: null, label: 'full' });
   for (const p of o.policies) {
     if (p === 'full') continue;
     if (p === 'specache' || p === 'specache-sync') for (const b of o.bits) cfgs.push({ policy: p, bits: b, label: `${p}/${b}b` });
@@ -322,7 +335,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
   const skipped = cfgs.filter((c) => !runnable.includes(c));
   if (skipped.length) notes.push(`not run (addon lacks KV policies): ${skipped.map((c) => c.label).join(', ')}`);
 
-  const root = join(__dirname, '..', '..', '..');
+  const root = projectRoot();
   const refs = listDocs([join(root, 'node_modules')]);
   env.inputs = {
     haystack: `real files from ${join(root, 'node_modules')} (${refs.filter((r) => r.kind === 'code').length} code, ${refs.filter((r) => r.kind === 'prose').length} prose candidates), kind ${o.haystack ?? 'mixed'}, seed ${o.seed ?? 1}`,
@@ -372,66 +385,83 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
             buildFimCase((s) => tok.encode(s, { addSpecial: false, parseSpecial: true }), refs, deriveSeed(o.seed ?? 1, 'code-agreement', ctxLen, t), ctxLen - o.genTokens - 2))
         : [];
       for (const c of fimCases) log(`ctx ${ctxLen} code-agreement: ${c.repo} ${c.path} cut at line ${c.cutLine}, ${c.ids.length} prompt tokens, ${c.files.length} repo files`);
-      // full's outputs, for the others to be compared with.
-      const fullAnswers = new Map<string, string>();
-      const fullCont: number[][] = [];
-
-      for (const cfg of runnable) {
-        const copts: ContextOptions = { nCtx: ctxLen, nBatch: 256, threads: o.threads, kvType: 'f16' };
-        if (caps.policies) {
-          copts.policy = cfg.policy;
-          if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
-        }
-        const ctx = model.createContext(copts);
-        const run = new Runner(ctx, caps);
-        try {
+      // Every policy's context at once; `full` runs each prefill (with prefix reuse) and the
+      // others copy its K/V rows (ctx.copyFrom: the same rows a prefill of their own would
+      // write, without running the model again), so each input is prefilled once.
+      const live: { cfg: PolicyCfg; ctx: NativeContext; run: Runner; report: boolean }[] = [];
+      try {
+        for (const cfg of runnable) {
+          const copts: ContextOptions = { nCtx: ctxLen, nBatch: 256, threads: o.threads, kvType: 'f16' };
+          if (caps.policies) {
+            copts.policy = cfg.policy;
+            if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
+          }
+          const ctx = model.createContext(copts);
+          live.push({ cfg, ctx, run: new Runner(ctx, caps), report: cfg.policy !== 'full' || o.policies.includes('full') });
           if (caps.policies) {
             const got = ctx.metrics().policy;
             if (got !== cfg.policy) throw new Error(`fidelity: asked for policy ${cfg.policy}, the context reports ${got}`);
           }
-          const refOnly = cfg.policy === 'full' && !o.policies.includes('full');
-          for (const task of refOnly ? (['code-agreement'] as FidelityTask[]) : o.tasks) {
-            const acc = new Acc();
-            const p0 = { tok: run.prefillTokens, ms: run.prefillMs, steps: run.steps, stepMs: run.stepMs };
-            if (task === 'code-agreement') {
-              for (let t = 0; t < fimCases.length; t++) {
-                const ids = fimCases[t].ids;
+        }
+        const src = live[0];  // full (cfgs puts it first)
+        const canCopy = src.cfg.policy === 'full' && typeof (src.ctx as Partial<NativeContext>).copyFrom === 'function';
+        if (!canCopy) notes.push('each policy ran its own prefills (no ctx.copyFrom)');
+        /** Make `who` hold ids; returns the last logits (full prefills, the others copy it). */
+        const prepare = async (who: (typeof live)[number], ids: number[]): Promise<Float32Array> => {
+          if (!canCopy || who === src) return who.run.prefill(ids);
+          if (src.run.held.length !== ids.length || src.run.held.some((x, i) => x !== ids[i])) await src.run.prefill(ids);
+          const t0 = performance.now();
+          who.ctx.copyFrom(src.ctx);
+          who.run.copyMs += performance.now() - t0;
+          who.run.held = ids.slice();
+          const logits = await src.run.lastLogits();
+          return logits;
+        };
+
+        for (const task of o.tasks) {
+          const accs = live.map(() => new Acc());
+          const p0 = live.map((x) => ({ tok: x.run.prefillTokens, ms: x.run.prefillMs, copy: x.run.copyMs, steps: x.run.steps, stepMs: x.run.stepMs }));
+          if (task === 'code-agreement') {
+            for (let t = 0; t < fimCases.length; t++) {
+              const ids = fimCases[t].ids;
+              let ref: number[] = [];
+              for (const [i, x] of live.entries()) {
+                const acc = accs[i];
                 acc.promptTokens = ids.length;
-                let logits = await run.prefill(ids);
-                run.resetMetrics();
-                const isRef = cfg.policy === 'full' && fullCont[t] === undefined;
-                let ref: number[];
-                if (isRef) {
-                  // full's greedy continuation, end-of-generation masked so it has genTokens tokens.
+                let logits = await prepare(x, ids);
+                x.run.resetMetrics();
+                if (x === src) {
+                  // full's greedy continuation, end-of-generation masked so it has genTokens tokens;
+                  // then full is teacher-forced on it like every other policy (a determinism check).
                   ref = [argmax(logits, eog)];
                   while (ref.length < o.genTokens) {
-                    logits = await run.step(ref[ref.length - 1]);
+                    logits = await x.run.step(ref[ref.length - 1]);
                     ref.push(argmax(logits, eog));
                   }
-                  fullCont[t] = ref;
-                  // Then full is teacher-forced on its own continuation like every other policy
-                  // (a determinism check of the same steps).
-                  logits = await run.prefill(ids);
-                  run.resetMetrics();
+                  logits = await prepare(x, ids);
+                  x.run.resetMetrics();
                 }
-                ref = fullCont[t];
                 let agree = 0;
-                for (let i = 0; i + 1 < ref.length; i++) {
-                  logits = await run.step(ref[i]);
-                  if (argmax(logits, eog) === ref[i + 1]) agree++;
+                for (let k = 0; k + 1 < ref.length; k++) {
+                  logits = await x.run.step(ref[k]);
+                  if (argmax(logits, eog) === ref[k + 1]) agree++;
                 }
-                acc.addMetrics(run.metrics());
+                acc.addMetrics(x.run.metrics());
                 acc.agree += agree;
                 acc.positions += ref.length - 1;
                 acc.samples++;
-                log(`ctx ${ctxLen} ${cfg.label} code-agreement trial ${t}: ${agree}/${ref.length - 1} positions agree with full`);
+                log(`ctx ${ctxLen} ${x.cfg.label} code-agreement trial ${t}: ${agree}/${ref.length - 1} positions agree with full`);
               }
-            } else {
-              for (const [t, trial] of needleInputs.get(task)!.entries()) {
-                acc.promptTokens = trial.samples[0].ids.length;
-                for (const s of trial.samples) {
-                  let logits = await run.prefill(s.ids);
-                  run.resetMetrics();
+            }
+          } else {
+            for (const [t, trial] of needleInputs.get(task)!.entries()) {
+              for (const s of trial.samples) {
+                let fullText: string | undefined;
+                for (const [i, x] of live.entries()) {
+                  const acc = accs[i];
+                  acc.promptTokens = trial.samples[0].ids.length;
+                  let logits = await prepare(x, s.ids);
+                  x.run.resetMetrics();
                   const out: number[] = [];
                   let text = '';
                   for (;;) {
@@ -440,9 +470,9 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
                     out.push(next);
                     text = tok.decode(out, { special: false });
                     if (answerComplete(text) || out.length >= (o.answerTokens ?? 16)) break;
-                    logits = await run.step(next);
+                    logits = await x.run.step(next);
                   }
-                  acc.addMetrics(run.metrics());
+                  acc.addMetrics(x.run.metrics());
                   const ok = scoreAnswer(text, s.expected);
                   acc.samples++;
                   if (ok) acc.correct++;
@@ -451,17 +481,20 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
                   if (ok) d.correct++;
                   acc.byDepth.set(s.depth, d);
                   acc.answers.push(text);
-                  const key = `${task}/${t}/${s.depth}`;
-                  if (cfg.policy === 'full') fullAnswers.set(key, text);
-                  const fa = fullAnswers.get(key);
-                  if (fa !== undefined) {
+                  if (x.cfg.policy === 'full') fullText = text;
+                  else if (fullText !== undefined) {
                     acc.matchFullN++;
-                    if (fa === text) acc.matchFull++;
+                    if (fullText === text) acc.matchFull++;
                   }
-                  log(`ctx ${ctxLen} ${cfg.label} ${task} trial ${t} depth ${(100 * s.depth).toFixed(0)}%: ${ok ? 'ok ' : 'MISS'} ${JSON.stringify(text)} (passkey ${s.expected})`);
+                  log(`ctx ${ctxLen} ${x.cfg.label} ${task} trial ${t} depth ${(100 * s.depth).toFixed(0)}%: ${ok ? 'ok ' : 'MISS'} ${JSON.stringify(text)} (passkey ${s.expected})`);
                 }
               }
             }
+          }
+          for (const [i, x] of live.entries()) {
+            const acc = accs[i];
+            const cfg = x.cfg;
+            const run = x.run;
             const row: FidelityRow = {
               policy: cfg.policy,
               bits: cfg.bits,
@@ -483,10 +516,11 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
               compression_ratio: acc.m && acc.deviceKv ? acc.fp16Kv / acc.deviceKv : null,
               topk_mass_recall: acc.overlapSamples ? acc.massSum / acc.overlapSamples : null,
               fetch_bytes_per_step: acc.m ? ratio(acc.fetchBytes, acc.steps) : null,
-              prefill_tokens_computed: run.prefillTokens - p0.tok,
-              prefill_s: (run.prefillMs - p0.ms) / 1000,
-              decode_steps: run.steps - p0.steps,
-              decode_s: (run.stepMs - p0.stepMs) / 1000,
+              prefill_tokens_computed: run.prefillTokens - p0[i].tok,
+              prefill_s: (run.prefillMs - p0[i].ms) / 1000,
+              copy_s: (run.copyMs - p0[i].copy) / 1000,
+              decode_steps: run.steps - p0[i].steps,
+              decode_s: (run.stepMs - p0[i].stepMs) / 1000,
             };
             if (task === 'code-agreement') row.positions = acc.positions;
             else {
@@ -494,21 +528,18 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
               row.answer_match_full = cfg.policy === 'full' ? null : ratio(acc.matchFull, acc.matchFullN);
               row.answers = acc.answers;
             }
-            if (refOnly) {
-              log(`ctx ${ctxLen} full ran as the code-agreement reference only (not reported)`);
-              continue;
-            }
+            if (!x.report) continue;  // full ran as the reference only
             rows.push(row);
             log(
               `ctx ${ctxLen} ${cfg.label} ${task}: ` +
                 (row.accuracy !== null ? `accuracy ${row.accuracy.toFixed(3)}` : `agreement ${row.greedy_agreement?.toFixed(4)}`) +
                 ` (${row.samples} samples; prefill ${row.prefill_tokens_computed} tok in ${row.prefill_s.toFixed(0)} s, ${row.decode_steps} steps in ${row.decode_s.toFixed(1)} s)`,
             );
-            o.onRow?.(env);
           }
-        } finally {
-          ctx.free();
+          o.onRow?.(env);
         }
+      } finally {
+        for (const x of live) x.ctx.free();
       }
     }
   } finally {

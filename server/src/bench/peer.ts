@@ -283,6 +283,29 @@ export class LlamaPeer {
     return { context: ctxIds.length + 1, tokens: n, seconds, tokensPerSecond: n / seconds };
   }
 
+  /**
+   * Both figures from one fill: time the prefill of ids[0..n-1), then nTokens single-token
+   * greedy decode steps starting from the last id (what `specode bench speed` does too).
+   */
+  async prefillThenDecode(ids: readonly number[], nTokens: number): Promise<{ prefill: SpeedResult; decode: SpeedResult }> {
+    if (ids.length < 2) throw new Error('llama.cpp peer: prefillThenDecode needs at least 2 tokens');
+    const seq = await this.seq();
+    const ctxIds = ids.slice(0, -1);
+    let t0 = performance.now();
+    await seq.evaluateWithoutGeneratingNewTokens(ctxIds);
+    const ps = (performance.now() - t0) / 1000;
+    let n = 0;
+    t0 = performance.now();
+    for await (const _t of seq.evaluate([ids[ids.length - 1]], { temperature: 0, yieldEogToken: true })) {
+      if (++n >= nTokens) break;
+    }
+    const ds = (performance.now() - t0) / 1000;
+    return {
+      prefill: { tokens: ctxIds.length, seconds: ps, tokensPerSecond: ctxIds.length / ps },
+      decode: { tokens: n, seconds: ds, tokensPerSecond: n / ds },
+    };
+  }
+
   /** What the peer ran with (threads, flash attention, context/batch size, versions). */
   peerSettings(): PeerSettings {
     return { ...this.settings };

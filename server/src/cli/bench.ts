@@ -2,6 +2,7 @@
 import { UserError } from '../errors';
 import { benchParity } from '../bench/parity';
 import { benchSpeed } from '../bench/speed';
+import { benchReuse } from '../bench/reuse';
 import { benchFidelity, FIDELITY_TASKS, parsePolicies, type FidelityTask } from '../bench/fidelity';
 import type { Envelope } from '../bench/common';
 import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
@@ -12,16 +13,17 @@ const FLAGS: Record<string, FlagSpec> = {
   json: { type: 'boolean', help: 'print one JSON object on stdout (logs go to stderr)' },
   threads: { type: 'number', help: 'CPU threads for both engines (0: all cores)', default: 0 },
   peer: { type: 'string', help: 'peer engine to compare with (llama.cpp | none)', default: 'llama.cpp' },
-  ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096)' },
+  ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096); reuse: one size (default 16384)' },
   reps: { type: 'number', help: 'speed: repetitions after the warm-up (median reported)', default: 3 },
   'decode-tokens': { type: 'number', help: 'speed: decode steps timed per repetition', default: 32 },
-  'flash-attention': { type: 'boolean', help: "speed: turn on llama.cpp's flash attention" },
+  'flash-attention': { type: 'boolean', help: "speed: llama.cpp's flash attention only on (--flash-attention) or only off (--flash-attention=false); default: both, ratios vs the faster" },
   prompts: { type: 'number', help: 'parity: code prompts', default: 20 },
   'gen-tokens': { type: 'number', help: 'parity: tokens llama.cpp generates per prompt (default 64); fidelity: tokens full generates for code-agreement (default 256)' },
-  policies: { type: 'string', help: 'fidelity: KV policies, comma-separated', default: 'full,specache,specache-sync,offload-all' },
-  bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated', default: '1,2' },
+  policies: { type: 'string', help: 'fidelity: KV policies, comma-separated (default full,specache,specache-sync,offload-all); speed: specode policies to time (default full); reuse: default full,specache' },
+  policy: { type: 'string', help: 'speed: same as --policies' },
+  bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed: one value (default 2)' },
   group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
-  topk: { type: 'number', help: 'fidelity: fp16 rows fetched per layer per KV head for specache*', default: 64 },
+  topk: { type: 'number', help: 'speed / fidelity: fp16 rows fetched per layer per KV head for specache*', default: 64 },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -33,12 +35,12 @@ const FLAGS: Record<string, FlagSpec> = {
   out: { type: 'string', help: 'fidelity: also write the JSON to this file after every finished row' },
 };
 
-const SUITES = ['parity', 'speed', 'fidelity'];
+const SUITES = ['parity', 'speed', 'fidelity', 'reuse'];
 
 export async function runBench(argv: string[]): Promise<number> {
   const p = parseArgs(argv, FLAGS, 'bench');
   if (p.help || p.positionals.length === 0) {
-    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF; --json prints the fields of shared/BENCH.md.', FLAGS));
+    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF (parity, speed), KV policies against full (fidelity), prefix reuse after an edit (reuse); --json prints the fields of shared/BENCH.md.', FLAGS));
     return p.help ? 0 : 2;
   }
   const suite = p.positionals[0];
@@ -49,15 +51,33 @@ export async function runBench(argv: string[]): Promise<number> {
   let result: Envelope;
   if (suite === 'parity') {
     result = await benchParity({ modelName, modelPath, threads, prompts: Number(p.flags.prompts), genTokens: Number(p.flags['gen-tokens'] ?? 64) });
+  } else if (suite === 'reuse') {
+    const ctx = Number(p.flags.ctx ?? 16384);
+    if (!Number.isInteger(ctx) || ctx < 512) throw new UserError(`bench: --ctx for reuse is one integer >= 512, got '${p.flags.ctx}'`);
+    let policies;
+    try {
+      policies = parsePolicies(String(p.flags.policies ?? p.flags.policy ?? 'full,specache'));
+    } catch (e) {
+      throw new UserError(`bench: ${(e as Error).message}`);
+    }
+    result = await benchReuse({ modelName, modelPath, threads, ctx, policies, genTokens: Number(p.flags['gen-tokens'] ?? 16) });
   } else if (suite === 'fidelity') {
     result = await runFidelity(p.flags, modelName, modelPath, threads, `specode bench ${argv.join(' ')}`);
   } else {
     const contexts = String(p.flags.ctx ?? '512,4096').split(',').map((s) => Number(s.trim()));
     if (contexts.some((c) => !Number.isInteger(c) || c < 2)) throw new UserError(`bench: --ctx must be integers >= 2, got '${p.flags.ctx}'`);
+    let policies;
+    try {
+      policies = parsePolicies(String(p.flags.policies ?? p.flags.policy ?? 'full'));
+    } catch (e) {
+      throw new UserError(`bench: ${(e as Error).message}`);
+    }
+    const bits = Number(p.flags.bits ?? 2);
+    if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
     result = await benchSpeed({
-      modelName, modelPath, threads, contexts,
+      modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk),
       reps: Number(p.flags.reps), decodeTokens: Number(p.flags['decode-tokens']),
-      peer: p.flags.peer !== 'none', flashAttention: Boolean(p.flags['flash-attention']),
+      peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
   }
   if (p.flags.json) console.log(JSON.stringify(result, null, 2));
@@ -75,11 +95,11 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   if (contexts.some((c) => !Number.isInteger(c) || c < 512)) throw new UserError(`bench: --ctx must be integers >= 512, got '${f.ctx}'`);
   let policies;
   try {
-    policies = parsePolicies(String(f.policies));
+    policies = parsePolicies(String(f.policies ?? 'full,specache,specache-sync,offload-all'));
   } catch (e) {
     throw new UserError(`bench: ${(e as Error).message}`);
   }
-  const bits = list('bits', f.bits).map(Number);
+  const bits = list('bits', f.bits ?? '1,2').map(Number);
   if (bits.some((b) => b !== 1 && b !== 2)) throw new UserError(`bench: --bits must be 1 and/or 2, got '${f.bits}'`);
   const tasks = list('tasks', f.tasks) as FidelityTask[];
   for (const t of tasks) if (!FIDELITY_TASKS.includes(t)) throw new UserError(`bench: unknown task '${t}'`, `tasks: ${FIDELITY_TASKS.join(', ')}`);
@@ -117,14 +137,19 @@ function printSummary(r: Envelope): void {
     }
     return;
   }
+  if (r.suite === 'reuse') {
+    for (const row of r.rows as { policy: string; case: string; prompt_tokens: number; recomputed_tokens: number; seconds: number }[])
+      console.log(`${row.policy.padEnd(14)} ${row.case.padEnd(12)} ${String(row.recomputed_tokens).padStart(6)} of ${row.prompt_tokens} tokens recomputed  ${row.seconds.toFixed(2).padStart(7)} s`);
+    return;
+  }
   if (r.suite === 'parity') {
     const t = r.tokenizer as { bytes: number; files: number; mismatches: number };
     const f = r.teacher_forced as { prompts: number; positions: number; agree: number };
     console.log(`tokenizer: ${t.files} files, ${t.bytes} bytes, ${t.mismatches} mismatching files`);
     console.log(`teacher-forced: ${f.agree}/${f.positions} positions agree (${((100 * f.agree) / f.positions).toFixed(2)}%) over ${f.prompts} prompts`);
   } else {
-    for (const row of r.rows as { engine: string; ctx: number; prefill_tok_s: number; decode_tok_s: number }[])
-      console.log(`${row.engine.padEnd(10)} ctx ${String(row.ctx).padStart(6)}  prefill ${row.prefill_tok_s.toFixed(1).padStart(8)} tok/s  decode ${row.decode_tok_s.toFixed(2).padStart(7)} tok/s`);
+    for (const row of r.rows as { engine: string; policy: string; ctx: number; prefill_tok_s: number; decode_tok_s: number }[])
+      console.log(`${(row.engine === 'specode' && row.policy !== 'full' ? `specode/${row.policy}` : row.engine).padEnd(18)} ctx ${String(row.ctx).padStart(6)}  prefill ${row.prefill_tok_s.toFixed(1).padStart(8)} tok/s  decode ${row.decode_tok_s.toFixed(2).padStart(7)} tok/s`);
     for (const [ctx, q] of Object.entries(r.ratio_vs_peer as Record<string, { decode: number; prefill: number }>))
       console.log(`ctx ${ctx}: decode ${q.decode.toFixed(2)}x, prefill ${q.prefill.toFixed(2)}x llama.cpp`);
   }

@@ -136,6 +136,12 @@ export interface NativeContext {
   decodeSpec(token: number): Promise<{ logits: Float32Array; specToken: number }>;
   /** Drop cached positions >= nKeep. */
   truncate(nKeep: number): void;
+  /**
+   * Hold `src`'s tokens and K/V rows (same model) without running the model: the rows go
+   * through this context's policy as a prefill would write them; src's last logits come
+   * along. Synchronous. Lets several policies be evaluated on one prefill.
+   */
+  copyFrom(src: NativeContext): void;
   /** Stop a running decode at the next chunk boundary (it rejects with code 'CANCELLED'). */
   cancel(): void;
   /**
