@@ -82,21 +82,6 @@ void matmul(ThreadPool &pool, const Weight &w, const float *x, int n, float *y, 
   matmul_group(pool, &job, 1, x, n, act);
 }
 
-// The same products for n rows, one row at a time when one_by_one. The
-// kernels have a fast single-row path and do not promise a row the same bits
-// in a batch of 2 as alone; the two rows of a speculative step run one by one
-// so the real token's numbers are exactly those of a one-token step (and, with
-// today's kernels, two single-row products cost less than one 2-row product).
-void matmul_group_rows(ThreadPool &pool, const MatmulJob *jobs, int n_jobs, const float *x, int n,
-                       std::vector<uint8_t> &act, bool one_by_one) {
-  if (!one_by_one || n == 1) return matmul_group(pool, jobs, n_jobs, x, n, act);
-  MatmulJob row[8];
-  for (int t = 0; t < n; ++t) {
-    for (int j = 0; j < n_jobs; ++j) row[j] = {jobs[j].w, jobs[j].y + (size_t)t * jobs[j].w->rows};
-    matmul_group(pool, row, n_jobs, x + (size_t)t * jobs[0].w->cols, 1, act);
-  }
-}
-
 void add_bias(float *y, const Weight &b, int n, int64_t dim) {
   if (!b) return;
   for (int t = 0; t < n; ++t) add_inplace(y + (size_t)t * dim, b.f32(), dim);
@@ -452,7 +437,6 @@ bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
   const int pos0 = n_past_, n = pass.n;
   const int32_t *tokens = pass.tokens;
   if (!kv_->begin_pass(pass)) return false;
-  const bool by_row = pass.decode && n == 2;  // a speculative step (see matmul_group_rows)
 
   for (int t = 0; t < n; ++t)
     dequantize_row(m.tok_embd.type, m.tok_embd.data + (size_t)tokens[t] * m.tok_embd.row_bytes,
@@ -462,7 +446,7 @@ bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
     const LayerWeights &w = m.layers[l];
     for (int t = 0; t < n; ++t) rmsnorm(&x_[(size_t)t * E], w.attn_norm.f32(), &xn_[(size_t)t * E], E, hp.rms_eps);
     MatmulJob qkv[3] = {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}};
-    matmul_group_rows(tp, qkv, 3, xn_.data(), n, act_, by_row);
+    matmul_group(tp, qkv, 3, xn_.data(), n, act_);
     add_bias(q_.data(), w.bq, n, Q);
     add_bias(k_.data(), w.bk, n, KV);
     add_bias(v_.data(), w.bv, n, KV);
@@ -473,19 +457,19 @@ bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
     kv_->store(l, pos0, n, k_.data(), v_.data());
     kv_->attend(l, pos0, n, q_.data(), attn_.data(), tp);
     MatmulJob o[1] = {{&w.wo, proj_.data()}};
-    matmul_group_rows(tp, o, 1, attn_.data(), n, act_, by_row);
+    matmul_group(tp, o, 1, attn_.data(), n, act_);
     add_inplace(x_.data(), proj_.data(), (int64_t)n * E);
 
     for (int t = 0; t < n; ++t) rmsnorm(&x_[(size_t)t * E], w.ffn_norm.f32(), &xn_[(size_t)t * E], E, hp.rms_eps);
     MatmulJob gu[2] = {{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}};
-    matmul_group_rows(tp, gu, 2, xn_.data(), n, act_, by_row);
+    matmul_group(tp, gu, 2, xn_.data(), n, act_);
     tp.run([&](int ith, int nth) {  // split on 64-element boundaries
       const int64_t total = (int64_t)n * FF, chunks = (total + 63) / 64;
       const int64_t a = std::min(total, chunks * ith / nth * 64), b = std::min(total, chunks * (ith + 1) / nth * 64);
       swiglu(gate_.data() + a, up_.data() + a, gate_.data() + a, b - a);
     });
     MatmulJob down[1] = {{&w.w_down, proj_.data()}};
-    matmul_group_rows(tp, down, 1, gate_.data(), n, act_, by_row);
+    matmul_group(tp, down, 1, gate_.data(), n, act_);
     add_inplace(x_.data(), proj_.data(), (int64_t)n * E);
   }
   kv_->end_pass();
@@ -499,7 +483,7 @@ bool Context::forward(const KvPass &pass, int logits_mode, float *out_all) {
     rmsnorm(&x_[(size_t)t * E], m.output_norm.f32(), &xn_[(size_t)(t - first) * E], E, hp.rms_eps);
   if (logits_mode == 2) {
     MatmulJob out[1] = {{&m.output, out_all}};
-    matmul_group_rows(tp, out, 1, xn_.data(), rows, act_, by_row);
+    matmul_group(tp, out, 1, xn_.data(), rows, act_);
     std::memcpy(logits_.data(), out_all + (size_t)(rows - 1) * hp.n_vocab, hp.n_vocab * sizeof(float));
   } else {
     matmul(tp, m.output, xn_.data() + (size_t)(rows - 1) * E, 1, logits_.data(), act_);

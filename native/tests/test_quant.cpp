@@ -640,3 +640,38 @@ TEST(bench_matmul) {
     }
   }
 }
+
+// A speculative decode step multiplies two rows at once; each row must get the
+// bits it gets alone (the real token's step is then exactly a one-token step).
+TEST(quant_matmul_two_rows_equal_one_row_each) {
+  const std::string saved = quant_kernel_set();
+  const int64_t cols = 512, rows = 48;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> wf(rows * cols), x(2 * cols);
+  for (float &v : wf) v = nd(rng);
+  for (float &v : x) v = nd(rng);
+  const DType types[] = {DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                         DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  for (const char *set : {"scalar", "avx2", "avx512"}) {
+    if (!quant_force_kernel_set(set)) continue;
+    for (DType t : types) {
+      const size_t rb = dtype_row_bytes(t, cols);
+      std::vector<uint8_t> w(rb * rows);
+      for (int64_t r = 0; r < rows; ++r) quantize_row_reference(t, &wf[r * cols], &w[r * rb], cols);
+      std::vector<uint8_t> act2(matmul_act_bytes(t, cols, 2)), act1(matmul_act_bytes(t, cols, 1));
+      matmul_prepare(t, x.data(), cols, 0, 2, act2.data());
+      std::vector<float> y2(2 * rows), y1(rows);
+      matmul_rows(t, w.data(), cols, act2.data(), 2, y2.data(), rows, 0, rows);
+      bool same = true;
+      for (int tok = 0; tok < 2; ++tok) {
+        matmul_prepare(t, x.data() + tok * cols, cols, 0, 1, act1.data());
+        matmul_rows(t, w.data(), cols, act1.data(), 1, y1.data(), rows, 0, rows);
+        for (int64_t r = 0; r < rows; ++r) same = same && y1[r] == y2[tok * rows + r];
+      }
+      if (!same) std::fprintf(stderr, "  %s %s: a row of a 2-row product differs from the row alone\n", set, dtype_name((uint32_t)t));
+      CHECK(same);
+    }
+  }
+  quant_force_kernel_set(saved.c_str());
+}
