@@ -263,6 +263,39 @@ export interface PauseParams {
 /** Pause: the running request stops, new completions and questions are refused until resumed. */
 export const Pause = new RequestType<PauseParams, void, void>('specode/pause');
 
+// ---------------------------------------------------------------- scheduler counters
+
+export interface SchedulerStatsParams {
+  /** After reading, start the peaks again from what is running and waiting now. */
+  resetPeaks?: boolean;
+}
+
+/**
+ * The server's engine-job counters (lsp/scheduler.ts) and its own memory, for
+ * benchmarks and diagnostics (`specode bench editor` reads the storm's peaks here).
+ * Peaks are since the last `resetPeaks`; counts are since the server started.
+ */
+export interface SchedulerStats {
+  /** Engine jobs whose work has started and not settled (0 or 1 by design). */
+  running: number;
+  waiting: number;
+  peakRunning: number;
+  peakWaiting: number;
+  /** Most jobs running + waiting at once. */
+  peakPending: number;
+  submitted: number;
+  finished: number;
+  superseded: number;
+  cancelled: number;
+  failed: number;
+  /** process.memoryUsage() of the server, bytes. */
+  rssBytes: number;
+  heapUsedBytes: number;
+}
+
+/** The scheduler's counters, on demand (answered at once, outside the job queue). */
+export const GetSchedulerStats = new RequestType<SchedulerStatsParams, SchedulerStats, void>('specode/schedulerStats');
+
 // ---------------------------------------------------------------- models
 
 export interface ModelEntry {
@@ -412,6 +445,13 @@ export function parsePauseParams(x: unknown): PauseParams {
   const o = object(Pause.method, x);
   if (typeof o.paused !== 'boolean') throw new ParamsError(Pause.method, `'paused' must be true or false, got ${describe(o.paused)}`);
   return { paused: o.paused };
+}
+
+export function parseSchedulerStatsParams(x: unknown): SchedulerStatsParams {
+  const m = GetSchedulerStats.method;
+  const o = x === undefined || x === null ? {} : object(m, x);
+  if (o.resetPeaks !== undefined && typeof o.resetPeaks !== 'boolean') throw new ParamsError(m, `'resetPeaks' must be true or false, got ${describe(o.resetPeaks)}`);
+  return dropUndefined({ resetPeaks: o.resetPeaks as boolean | undefined });
 }
 
 export function parseFetchModelParams(x: unknown): FetchModelParams {

@@ -7,7 +7,7 @@ import { fetchModel } from './models/fetch';
 import { listModels, resolveModelArg } from './models/registry';
 import { openSessionEngine } from './lsp/engine';
 import { SpecodeService } from './lsp/handlers';
-import { Ask, Configure, FetchModel, GetStatus, Index, ListModels, Pause, SetContext, StatusNotification, Complete, PROTOCOL_VERSION } from './protocol';
+import { Ask, Configure, FetchModel, GetSchedulerStats, GetStatus, Index, ListModels, Pause, SetContext, StatusNotification, Complete, PROTOCOL_VERSION } from './protocol';
 
 const connection = createConnection(ProposedFeatures.all);
 const log = (message: string) => connection.console.log(`[specode ${new Date().toISOString()}] ${message}`);
@@ -34,6 +34,7 @@ connection.onRequest(Index, (p, token) => service.index(p, token));
 connection.onRequest(Complete, (p, token) => service.complete(p, token));
 connection.onRequest(Ask, (p, token) => service.ask(p, token));
 connection.onRequest(GetStatus, () => service.getStatus());
+connection.onRequest(GetSchedulerStats, (p) => service.schedulerStats(p));
 connection.onRequest(Pause, (p) => service.pause(p));
 connection.onRequest(ListModels, () => service.listModels());
 connection.onRequest(FetchModel, (p, token) => service.fetchModel(p, token));

@@ -60,10 +60,12 @@ export function usage(command: string, synopsis: string, description: string, sp
   const entries = Object.entries(spec);
   if (entries.length) {
     lines.push('options:');
-    for (const [k, s] of entries) {
+    const names = entries.map(([k, s]) => `  --${k}${s.type === 'boolean' ? '' : ` <${s.type}>`}`);
+    const width = Math.max(28, ...names.map((n) => n.length + 2));
+    entries.forEach(([, s], i) => {
       const def = s.default !== undefined ? ` (default: ${s.default})` : '';
-      lines.push(`  --${k}${s.type === 'boolean' ? '' : ` <${s.type}>`}`.padEnd(28) + s.help + def);
-    }
+      lines.push(names[i].padEnd(width) + s.help + def);
+    });
   }
   return lines.join('\n');
 }

@@ -1,11 +1,13 @@
-// specode bench parity|speed|fidelity [--model M] [--json]
+// specode bench parity|speed|fidelity|reuse|editor [--model M] [--json]
 import { UserError } from '../errors';
 import { benchParity } from '../bench/parity';
 import { benchSpeed } from '../bench/speed';
 import { benchReuse } from '../bench/reuse';
+import { benchEditor } from '../bench/editor';
 import { benchFidelity, FIDELITY_TASKS, parsePolicies, type FidelityTask } from '../bench/fidelity';
 import type { Envelope } from '../bench/common';
 import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
+import { KV_POLICIES, type KvPolicy } from '../protocol';
 import { parseArgs, usage, type FlagSpec } from './args';
 
 const FLAGS: Record<string, FlagSpec> = {
@@ -13,17 +15,17 @@ const FLAGS: Record<string, FlagSpec> = {
   json: { type: 'boolean', help: 'print one JSON object on stdout (logs go to stderr)' },
   threads: { type: 'number', help: 'CPU threads for both engines (0: all cores)', default: 0 },
   peer: { type: 'string', help: 'peer engine to compare with (llama.cpp | none)', default: 'llama.cpp' },
-  ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096); reuse: one size (default 16384)' },
+  ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096); reuse: one size (default 16384); editor: the context budget in tokens, filled with real code (default 8192)' },
   reps: { type: 'number', help: 'speed: repetitions after the warm-up (median reported)', default: 3 },
   'decode-tokens': { type: 'number', help: 'speed: decode steps timed per repetition', default: 32 },
   'flash-attention': { type: 'boolean', help: "speed: llama.cpp's flash attention only on (--flash-attention) or only off (--flash-attention=false); default: both, ratios vs the faster" },
   prompts: { type: 'number', help: 'parity: code prompts', default: 20 },
   'gen-tokens': { type: 'number', help: 'parity: tokens llama.cpp generates per prompt (default 64); fidelity: tokens full generates for code-agreement (default 256)' },
   policies: { type: 'string', help: 'fidelity: KV policies, comma-separated (default full,specache,specache-sync,offload-all); speed: specode policies to time (default full); reuse: default full,specache' },
-  policy: { type: 'string', help: 'speed: same as --policies' },
-  bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed: one value (default 2)' },
+  policy: { type: 'string', help: "speed: same as --policies; editor: the server's KV policy (default specache, the extension's default)" },
+  bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed / editor: one value (default 2)' },
   group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
-  topk: { type: 'number', help: 'speed / fidelity: fp16 rows fetched per layer per KV head for specache*', default: 64 },
+  topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -33,18 +35,22 @@ const FLAGS: Record<string, FlagSpec> = {
   haystack: { type: 'string', help: 'fidelity: haystack documents (mixed | code | prose)', default: 'mixed' },
   measure: { type: 'boolean', help: "fidelity: specache computes each step's true top-k for top-k overlap (--measure=false to skip)", default: true },
   out: { type: 'string', help: 'fidelity: also write the JSON to this file after every finished row' },
+  requests: { type: 'number', help: 'editor: timed completions after the warm-up', default: 30 },
+  'storm-keystrokes': { type: 'number', help: 'editor: keystrokes in the storm (each one a completion request)', default: 200 },
+  'storm-seconds': { type: 'number', help: 'editor: seconds the storm keystrokes are spread over', default: 10 },
+  transport: { type: 'string', help: 'editor: how the bench talks to dist/server.js: ipc (as the extension does) | stdio', default: 'ipc' },
 };
 
-const SUITES = ['parity', 'speed', 'fidelity', 'reuse'];
+const SUITES = ['parity', 'speed', 'fidelity', 'reuse', 'editor'];
 
 export async function runBench(argv: string[]): Promise<number> {
   const p = parseArgs(argv, FLAGS, 'bench');
   if (p.help || p.positionals.length === 0) {
-    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF (parity, speed), KV policies against full (fidelity), prefix reuse after an edit (reuse); --json prints the fields of shared/BENCH.md.', FLAGS));
+    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF (parity, speed), KV policies against full (fidelity), prefix reuse after an edit (reuse), completion latency and a keystroke storm through the real language server (editor); --json prints the fields of shared/BENCH.md.', FLAGS));
     return p.help ? 0 : 2;
   }
   const suite = p.positionals[0];
-  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')} (editor and policies are not implemented yet)`);
+  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')} (policies is not implemented yet)`);
   const modelName = String(p.flags.model);
   const modelPath = await resolveModelArg(modelName);
   const threads = Number(p.flags.threads) || (await import('node:os')).availableParallelism();
@@ -61,6 +67,8 @@ export async function runBench(argv: string[]): Promise<number> {
       throw new UserError(`bench: ${(e as Error).message}`);
     }
     result = await benchReuse({ modelName, modelPath, threads, ctx, policies, genTokens: Number(p.flags['gen-tokens'] ?? 16) });
+  } else if (suite === 'editor') {
+    result = await runEditor(p.flags, modelName, modelPath, threads);
   } else if (suite === 'fidelity') {
     result = await runFidelity(p.flags, modelName, modelPath, threads, `specode bench ${argv.join(' ')}`);
   } else {
@@ -125,6 +133,28 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   });
 }
 
+async function runEditor(f: Record<string, string | number | boolean | undefined>, modelName: string, modelPath: string, threads: number): Promise<Envelope> {
+  const ctx = Number(f.ctx ?? 8192);
+  if (!Number.isInteger(ctx) || ctx < 512) throw new UserError(`bench: --ctx for editor is one integer >= 512, got '${f.ctx}'`);
+  const whole = (name: string, min: number) => {
+    const n = Number(f[name]);
+    if (!Number.isInteger(n) || n < min) throw new UserError(`bench: --${name} must be an integer >= ${min}, got ${f[name]}`);
+    return n;
+  };
+  const policy = String(f.policy ?? f.policies ?? 'specache');
+  if (!(KV_POLICIES as readonly string[]).includes(policy)) throw new UserError(`bench: --policy for editor is one of ${KV_POLICIES.join(', ')}, got '${policy}'`);
+  const bits = Number(f.bits ?? 2);
+  if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for editor must be 1 or 2, got '${f.bits}'`);
+  const stormSeconds = Number(f['storm-seconds']);
+  if (!(stormSeconds > 0)) throw new UserError(`bench: --storm-seconds must be > 0, got ${f['storm-seconds']}`);
+  const transport = String(f.transport);
+  if (transport !== 'ipc' && transport !== 'stdio') throw new UserError(`bench: --transport must be ipc or stdio, got '${transport}'`);
+  return benchEditor({
+    modelName, modelPath, threads, ctx, requests: whole('requests', 1), stormKeystrokes: whole('storm-keystrokes', 1), stormSeconds,
+    policy: policy as KvPolicy, bits: bits as 1 | 2, topk: whole('topk', 1), transport: transport as 'ipc' | 'stdio',
+  });
+}
+
 function printSummary(r: Envelope): void {
   console.log(`${r.suite} — ${r.model.name} (${r.model.sha256.slice(0, 12)}), ${r.backend}, ${r.threads} threads, ${r.device}`);
   if (r.suite === 'fidelity') {
@@ -135,6 +165,15 @@ function printSummary(r: Envelope): void {
       const fmt = (x: number | null, d = 3) => (x === null || x === undefined ? '—' : x.toFixed(d));
       console.log(`${name.padEnd(17)} ctx ${String(row.ctx).padStart(6)} ${row.task.padEnd(16)} ${score} (${row.samples} samples)  compression ${fmt(row.compression_ratio, 2)}x  spec ${fmt(row.spec_match)}  overlap ${fmt(row.topk_overlap)}`);
     }
+    return;
+  }
+  if (r.suite === 'editor') {
+    const s = r.storm as { keystrokes: number; duration_ms: number; max_running: number | null; max_waiting: number | null; rss_before: number | null; rss_after: number | null; drain_ms: number | null; answered: number; cancelled: number; superseded: number; errors: number };
+    const mib = (b: number | null) => (b === null ? '—' : `${(b / 1048576).toFixed(1)} MiB`);
+    const rows = r.rows as { cancelled: boolean }[];
+    console.log(`completion, ctx ${r.ctx}: p50 ${r.p50_ms} ms, p95 ${r.p95_ms} ms over ${rows.filter((x) => !x.cancelled).length} requests (${rows.filter((x) => x.cancelled).length} cancelled)`);
+    console.log(`storm: ${s.keystrokes} keystrokes in ${(s.duration_ms / 1000).toFixed(1)} s, max running ${s.max_running ?? '—'}, max waiting ${s.max_waiting ?? '—'}, drained ${s.drain_ms ?? '—'} ms after the last keystroke; answered ${s.answered}, cancelled ${s.cancelled}, superseded ${s.superseded}, errors ${s.errors}`);
+    console.log(`server RSS: ${mib(s.rss_before)} before, ${mib(s.rss_after)} after`);
     return;
   }
   if (r.suite === 'reuse') {

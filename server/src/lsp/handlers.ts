@@ -19,6 +19,7 @@ import {
   parseFetchModelParams,
   parseIndexParams,
   parsePauseParams,
+  parseSchedulerStatsParams,
   parseServerConfig,
   parseSetContextParams,
   type AskResult,
@@ -28,6 +29,7 @@ import {
   type ErrorData,
   type IndexResult,
   type ModelEntry,
+  type SchedulerStats,
   type ServerConfig,
   type ServerStatus,
   type SetContextResult,
@@ -113,6 +115,15 @@ export class SpecodeService {
 
   listModels(): ModelEntry[] {
     return this.deps.listModels();
+  }
+
+  /** The scheduler's counters and this process's memory (see protocol.ts GetSchedulerStats). */
+  schedulerStats(params: unknown): SchedulerStats {
+    const p = guardParams(() => parseSchedulerStatsParams(params));
+    const counters = this.scheduler.counters();
+    if (p.resetPeaks) this.scheduler.resetPeaks();
+    const mem = process.memoryUsage();
+    return { ...counters, rssBytes: mem.rss, heapUsedBytes: mem.heapUsed };
   }
 
   async fetchModel(params: unknown, token?: CancelToken): Promise<{ path: string }> {
