@@ -463,10 +463,13 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   else if (policy == "streamingllm") p.kv_policy = SPECODE_KV_POLICY_STREAMINGLLM;
   else if (policy == "h2o") p.kv_policy = SPECODE_KV_POLICY_H2O;
   else if (policy == "kivi") p.kv_policy = SPECODE_KV_POLICY_KIVI;
+  else if (policy == "tailorkv") p.kv_policy = SPECODE_KV_POLICY_TAILORKV;
+  else if (policy == "gear") p.kv_policy = SPECODE_KV_POLICY_GEAR;
+  else if (policy == "kvmerger") p.kv_policy = SPECODE_KV_POLICY_KVMERGER;
   else
     return throw_error(env, SPECODE_ERR_ARGUMENT,
                        "createContext: policy must be 'full', 'offload-all', 'specache', 'specache-sync', "
-                       "'streamingllm', 'h2o' or 'kivi', got '" +
+                       "'streamingllm', 'h2o', 'kivi', 'tailorkv', 'gear' or 'kvmerger', got '" +
                            policy + "'"),
            nullptr;
   p.kv_bits = (int32_t)opt_num(env, opts, "bits", p.kv_bits);

@@ -95,6 +95,21 @@ typedef enum specode_kv_policy {
                                           + the newest tokens (the other half); the rest evicted */
   SPECODE_KV_POLICY_KIVI = 6,          /* KIVI: kv_bits-bit codes (keys per channel, values per token,
                                           group kv_group) + the newest 1..kv_residual tokens in fp16 */
+  /* The seed papers' other methods (same compression timing as the
+   * baselines; see native/src/seed_policies.h): */
+  SPECODE_KV_POLICY_TAILORKV = 7,      /* per layer from an offline profile (computed once per model into
+                                          $SPECODE_CACHE or ~/.cache/specode): "dense" layers keep a 1-bit
+                                          copy (group kv_group, kv_residual newest tokens fp16, default
+                                          128); "sparse" layers keep every row on the host and load 8 sinks
+                                          + 56 recent + top rows by approximate score, kv_budget rows in
+                                          all (default 192) */
+  SPECODE_KV_POLICY_GEAR = 8,          /* GEAR: kv_bits-bit KIVI codes (group kv_group) + low-rank residual
+                                          (rank 4 prompt, 2 later) + top 2% outliers in fp16; the newest
+                                          1..kv_residual tokens (default 64) in fp16 */
+  SPECODE_KV_POLICY_KVMERGER = 9,      /* KVMerger: similar adjacent keys merged (Gaussian weights around
+                                          the highest-attention member) down to kv_budget rows, or
+                                          kv_budget_ratio of the prompt (default 0.5); first two and
+                                          last layers untouched */
 } specode_kv_policy;
 
 typedef struct specode_context_params {
@@ -103,18 +118,21 @@ typedef struct specode_context_params {
   int32_t kv_type;       /* specode_kv_type (full policy only; paged policies hold fp16) */
   int32_t n_threads;     /* <= 0: the model's n_threads */
   int32_t kv_policy;     /* specode_kv_policy; default full */
-  int32_t kv_bits;       /* specache*, kivi: bits of the low-bit copy, 1 or 2; default 2 */
-  int32_t kv_group;      /* specache*, kivi: quantization group g, 32 or 64 (tokens per key group,
+  int32_t kv_bits;       /* specache*, kivi, gear: bits of the low-bit copy, 1 or 2; default 2 */
+  int32_t kv_group;      /* specache*, kivi, gear, tailorkv: quantization group g, 32 or 64 (tokens per key group,
                             channels per value group, capped at head_dim); default 64 */
   int32_t kv_topk;       /* specache*: fp16 rows fetched per layer per KV head; default 64 */
-  int32_t kv_residual;   /* specache*, kivi: newest tokens kept in fp16, a multiple of kv_group;
-                            0 (default): the policy's own, specache* 64, kivi 128 */
+  int32_t kv_residual;   /* specache*, kivi, gear, tailorkv: newest tokens kept in fp16, a multiple of kv_group;
+                            0 (default): the policy's own, specache* 64, kivi 128, gear 64,
+                            tailorkv 128 */
   int32_t kv_page_tokens;/* paged policies: tokens per host page; default 64 */
   int32_t kv_measure;    /* specache: 1 = also compute each real token's true top-k (exact scores
                             over the host pages) to report top-k overlap; costs a full pass */
-  int32_t kv_budget;     /* h2o, streamingllm: K/V rows kept per layer and KV head once generation
-                            starts; 0 (default): kv_budget_ratio of the tokens held */
-  float kv_budget_ratio; /* h2o, streamingllm: used when kv_budget is 0, in (0, 1]; 0: 0.2 (default) */
+  int32_t kv_budget;     /* h2o, streamingllm, kvmerger: K/V rows kept per layer and KV head once
+                            generation starts; 0 (default): kv_budget_ratio of the tokens held.
+                            tailorkv: rows loaded per sparse layer and KV head, > 64; 0: 192 */
+  float kv_budget_ratio; /* h2o, streamingllm, kvmerger: used when kv_budget is 0, in (0, 1];
+                            0: the policy's default, 0.2 (kvmerger 0.5) */
   int32_t kv_sinks;      /* streamingllm: first tokens always kept (attention sinks), >= 0;
                             default 4; kv_budget, when set, must exceed it */
 } specode_context_params;
@@ -189,7 +207,7 @@ int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t 
  * the CPU backend it lives in RAM and is counted as VRAM would be. */
 typedef struct specode_kv_metrics {
   char policy[16];                  /* "full", "offload-all", "specache", "specache-sync",
-                                       "streamingllm", "h2o", "kivi" */
+                                       "streamingllm", "h2o", "kivi", "tailorkv", "gear", "kvmerger" */
   uint64_t device_weight_bytes;     /* model weights */
   uint64_t device_lowbit_bytes;     /* low-bit K/V copy: codes + fp16 scales/zeros */
   uint64_t device_residual_bytes;   /* fp16 residual window (allocated) */

@@ -9,7 +9,9 @@
 
 #include "baselines.h"
 #include "ops.h"
+#include "seed_policies.h"
 #include "specode.h"
+#include "tailorkv.h"
 
 namespace specode {
 
@@ -97,7 +99,9 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
   if (cfg_.n_threads > 0 && cfg_.n_threads != model->n_threads)
     own_pool_ = std::make_unique<ThreadPool>(cfg_.n_threads);
   KvShape shape{hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, cfg_.n_ctx};
-  if (cfg_.policy == KvPolicy::Full) {
+  if (cfg_.make_kv) {
+    kv_ = cfg_.make_kv(shape);
+  } else if (cfg_.policy == KvPolicy::Full) {
     kv_ = std::make_unique<FullKvCache>(shape, cfg_.kv_f16, pool().size());
   } else if (is_baseline_policy(cfg_.policy)) {
     BaselineKvConfig bc;
@@ -109,6 +113,28 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
     bc.group = cfg_.kv_group;
     bc.residual = cfg_.kv_residual;
     kv_ = make_baseline_kv_cache(shape, bc);
+  } else if (is_seed_policy(cfg_.policy)) {
+    SeedKvConfig sc;
+    sc.policy = cfg_.policy;
+    sc.bits = cfg_.kv_bits;
+    sc.group = cfg_.kv_group;
+    sc.buffer = cfg_.kv_residual;
+    sc.budget = cfg_.kv_budget;
+    sc.budget_ratio = cfg_.kv_budget_ratio;
+    if (cfg_.policy == kKvTailorKv) {
+      if (cfg_.kv_budget > 0) sc.tk_topk = cfg_.kv_budget - sc.tk_sinks - sc.tk_recent;
+      sc.tk_group = cfg_.kv_group;
+      sc.tk_residual = cfg_.kv_residual;
+      std::vector<float> mass;
+      std::string err;
+      if (tailorkv_profile(model, pool().size(), &mass, &err)) {
+        sc.dense_layers = tailorkv_dense_layers(mass);
+      } else {
+        std::fprintf(stderr, "specode: tailorkv: %s; every layer runs sparse\n", err.c_str());
+        sc.dense_layers.assign(hp.n_layer, 0);
+      }
+    }
+    kv_ = make_seed_kv_cache(shape, sc);
   } else {
     PagedKvConfig pc;
     pc.policy = cfg_.policy;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +30,9 @@ struct ContextConfig {
   int kv_budget = 0;             // h2o, streamingllm: see BaselineKvConfig
   float kv_budget_ratio = 0.2f;
   int kv_sinks = 4;
+  // When set, builds the KV cache instead of the policy (the tailorkv profile
+  // runs the model over a measuring cache this way).
+  std::function<std::unique_ptr<KvCache>(const KvShape &)> make_kv;
 };
 
 class Context {

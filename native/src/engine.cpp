@@ -114,15 +114,32 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_type must be SPECODE_KV_F16 or SPECODE_KV_F32");
   if (params->n_ctx > (1u << 20))
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: n_ctx " + std::to_string(params->n_ctx) + " is too large");
-  if (params->kv_policy < SPECODE_KV_POLICY_FULL || params->kv_policy > SPECODE_KV_POLICY_KIVI)
+  if (params->kv_policy < SPECODE_KV_POLICY_FULL || params->kv_policy > SPECODE_KV_POLICY_KVMERGER)
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_policy " + std::to_string(params->kv_policy) +
                                                " is not one of full (0), offload-all (1), specache (2), "
-                                               "specache-sync (3), streamingllm (4), h2o (5), kivi (6)");
+                                               "specache-sync (3), streamingllm (4), h2o (5), kivi (6), "
+                                               "tailorkv (7), gear (8), kvmerger (9)");
   const bool paged = params->kv_policy >= SPECODE_KV_POLICY_OFFLOAD_ALL &&
                      params->kv_policy <= SPECODE_KV_POLICY_SPECACHE_SYNC;
   const bool evicting = params->kv_policy == SPECODE_KV_POLICY_STREAMINGLLM || params->kv_policy == SPECODE_KV_POLICY_H2O;
-  const int residual = params->kv_residual ? params->kv_residual : params->kv_policy == SPECODE_KV_POLICY_KIVI ? 128 : 64;
-  const float budget_ratio = params->kv_budget_ratio ? params->kv_budget_ratio : 0.2f;
+  const bool r128 = params->kv_policy == SPECODE_KV_POLICY_KIVI || params->kv_policy == SPECODE_KV_POLICY_TAILORKV;
+  const int residual = params->kv_residual ? params->kv_residual : r128 ? 128 : 64;
+  const float budget_ratio = params->kv_budget_ratio        ? params->kv_budget_ratio
+                             : params->kv_policy == SPECODE_KV_POLICY_KVMERGER ? 0.5f
+                                                                               : 0.2f;
+  if (params->kv_policy == SPECODE_KV_POLICY_KVMERGER) {
+    if (params->kv_budget < 0 || params->kv_budget > (1 << 20))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget must be in [0, 2^20] tokens, got " +
+                                                 std::to_string(params->kv_budget));
+    if (!(budget_ratio > 0.0f && budget_ratio <= 1.0f))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget_ratio must be in (0, 1], got " +
+                                                 std::to_string(params->kv_budget_ratio));
+  }
+  if (params->kv_policy == SPECODE_KV_POLICY_TAILORKV &&
+      params->kv_budget != 0 && (params->kv_budget <= 64 || params->kv_budget > (1 << 20)))
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: tailorkv's kv_budget (rows loaded per sparse layer and KV "
+                                           "head) must exceed its 8 sinks + 56 recent rows, got " +
+                                               std::to_string(params->kv_budget));
   if (evicting) {
     if (params->kv_budget < 0 || params->kv_budget > (1 << 20))
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_budget must be in [0, 2^20] tokens, got " +
@@ -139,7 +156,9 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
                                                  ") must exceed kv_sinks (" + std::to_string(params->kv_sinks) +
                                                  ") to leave a recent window");
   }
-  if (paged || params->kv_policy == SPECODE_KV_POLICY_KIVI) {
+  const bool lowbit = params->kv_policy == SPECODE_KV_POLICY_KIVI || params->kv_policy == SPECODE_KV_POLICY_GEAR ||
+                      params->kv_policy == SPECODE_KV_POLICY_TAILORKV;
+  if (paged || lowbit) {
     const specode::Hparams &hp = model->impl->hp;
     const int g = params->kv_group, R = residual;
     if (params->kv_bits != 1 && params->kv_bits != 2)

@@ -819,7 +819,7 @@ TEST(baselines_engine_rejects_bad_parameters) {
   CHECK(cp.kv_sinks == 4 && cp.kv_budget == 0 && cp.kv_residual == 0);
   cp.n_ctx = 128;
   specode_context *ctx = nullptr;
-  cp.kv_policy = 7;
+  cp.kv_policy = 99;
   CHECK(specode_context_init(tm.model, &cp, &ctx) == SPECODE_ERR_ARGUMENT);
   cp.kv_policy = SPECODE_KV_POLICY_STREAMINGLLM;
   cp.kv_budget = 4;  // no room for a window after 4 sinks

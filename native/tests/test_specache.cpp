@@ -480,7 +480,7 @@ TEST(specache_rejects_bad_parameters) {
   specode_context_params cp = specode_context_default_params();
   cp.n_ctx = 128;
   specode_context *ctx = nullptr;
-  cp.kv_policy = 9;
+  cp.kv_policy = 99;
   CHECK(specode_context_init(tm.model, &cp, &ctx) == SPECODE_ERR_ARGUMENT);
   cp.kv_policy = SPECODE_KV_POLICY_SPECACHE;
   cp.kv_bits = 3;

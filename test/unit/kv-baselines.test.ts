@@ -119,7 +119,7 @@ test('baseline policies: bad options are rejected', { skip }, async () => {
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'h2o', budgetRatio: 2 }), /kv_budget_ratio/);
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'streamingllm', budget: 4, sinks: 4 }), /kv_sinks/);
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'kivi', residual: 96 }), /kv_residual/);
-    assert.throws(() => model.createContext({ nCtx: 64, policy: 'tailorkv' as never }), /policy must be/);
+    assert.throws(() => model.createContext({ nCtx: 64, policy: 'snapkv' as never }), /policy must be/);
   } finally {
     model.free();
   }

@@ -42,19 +42,28 @@ export interface ContextOptions {
    * `budget` rows in all; 'h2o' keeps the rows with the most accumulated attention (half the
    * budget) + the newest tokens (the other half); 'kivi' keeps 2-bit codes (keys per channel,
    * values per token) + the newest 1..`residual` tokens in fp16.
+   * The seed papers' other methods (same timing): 'gear' keeps 2-bit codes + a low-rank
+   * approximation of the quantization residual + the top 2% outliers in fp16, the newest
+   * 1..`residual` (64) tokens in fp16; 'kvmerger' merges runs of similar adjacent keys
+   * (Gaussian weights around the highest-attention member) down to `budget` rows or
+   * `budgetRatio` (default 0.5) of the prompt, first two and last layers untouched;
+   * 'tailorkv' profiles the model's layers once (stored in $SPECODE_CACHE or
+   * ~/.cache/specode; the first context of a model runs it) and keeps a 1-bit copy of the
+   * "dense" layers and, for the others, every row on the host with 8 sinks + 56 recent + the
+   * top rows by approximate score loaded per step (`budget` rows in all, default 192).
    */
   policy?: KvPolicy;
-  /** specache*, kivi: bits of the low-bit copy, 1 or 2 (default 2). */
+  /** specache*, kivi, gear: bits of the low-bit copy, 1 or 2 (default 2). */
   bits?: 1 | 2;
-  /** specache*, kivi: quantization group, 32 or 64 (default 64). */
+  /** specache*, kivi, gear, tailorkv: quantization group, 32 or 64 (default 64). */
   group?: 32 | 64;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache*, kivi: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128). */
+  /** specache*, kivi, gear, tailorkv: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128, gear 64, tailorkv 128). */
   residual?: number;
-  /** h2o, streamingllm: K/V rows kept per layer and KV head; 0 or absent: `budgetRatio` of the tokens held. */
+  /** h2o, streamingllm, kvmerger: K/V rows kept per layer and KV head; 0 or absent: `budgetRatio` of the tokens held. tailorkv: rows loaded per sparse layer and KV head (> 64, default 192). */
   budget?: number;
-  /** h2o, streamingllm: the budget as a fraction of the tokens held, in (0, 1] (default 0.2). */
+  /** h2o, streamingllm, kvmerger: the budget as a fraction of the tokens held, in (0, 1] (default 0.2, kvmerger 0.5). */
   budgetRatio?: number;
   /** streamingllm: first tokens always kept (attention sinks), default 4; `budget` must exceed it. */
   sinks?: number;
@@ -64,7 +73,17 @@ export interface ContextOptions {
   measure?: boolean;
 }
 
-export type KvPolicy = 'full' | 'offload-all' | 'specache' | 'specache-sync' | 'streamingllm' | 'h2o' | 'kivi';
+export type KvPolicy =
+  | 'full'
+  | 'offload-all'
+  | 'specache'
+  | 'specache-sync'
+  | 'streamingllm'
+  | 'h2o'
+  | 'kivi'
+  | 'tailorkv'
+  | 'gear'
+  | 'kvmerger';
 
 /** What the KV policy holds and moves ("device" = accelerator tier; in RAM on the CPU backend). */
 export interface KvMetrics {

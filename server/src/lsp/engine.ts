@@ -38,13 +38,13 @@ export type EngineFactory = (modelPath: string, config: ServerConfig) => Promise
  * them (policy, bits, top-k, device budget, backend). An engine that does not
  * know a key ignores it; the status reports what the engine itself says.
  */
-/** KV policies the engine runs today; the others in the settings are issue #6. */
-const ENGINE_POLICIES = ['full', 'offload-all', 'specache', 'specache-sync', 'streamingllm', 'h2o', 'kivi'] as const;
+/** KV policies the engine runs (every one the settings offer). */
+const ENGINE_POLICIES = ['full', 'offload-all', 'specache', 'specache-sync', 'streamingllm', 'h2o', 'kivi', 'tailorkv', 'gear', 'kvmerger'] as const;
 
 function contextOptions(config: ServerConfig): ContextOptions & Record<string, unknown> {
   const policy = (ENGINE_POLICIES as readonly string[]).includes(config.kvPolicy) ? (config.kvPolicy as ContextOptions['policy']) : undefined;
   if (!policy)
-    throw new Error(`KV policy '${config.kvPolicy}' is not implemented yet; set specode.kvPolicy to one of ${ENGINE_POLICIES.join(', ')}.`);
+    throw new Error(`KV policy '${config.kvPolicy}' is not one the engine runs; set specode.kvPolicy to one of ${ENGINE_POLICIES.join(', ')}.`);
   return {
     nCtx: config.contextTokens,
     policy,
