@@ -53,9 +53,34 @@ for (const m of models) {
       assert.deepEqual(built.ids, t.encode(whole, { addSpecial: true, parseSpecial: true }), JSON.stringify(prefix));
       assert.equal(built.files.length, 3);
     }
-    const head = b.repoHead('demo', files, 4096, 1024);
+    const head = b.repoHead('demo', files, 4096);
     const completion = b.completion('demo', files, 'src/cur.ts', 'let y = ', '', 4096, 64);
     assert.ok(head.ids.length > 10);
     assert.deepEqual(completion.ids.slice(0, head.ids.length), head.ids, 'the index head is a prefix of the completion prompt');
+  });
+}
+
+for (const m of models) {
+  const path = m.paths.find((p) => existsSync(p));
+  test(`the repo head does not depend on the cursor when the budget binds: ${m.name}`, { skip: path ? false : `${m.name} not present` }, async () => {
+    const t = Tokenizer.fromGguf(await readGguf(path!));
+    const engine = tokenizerEngine(t, 4096);
+    const b = new PromptBuilder(engine);
+    // ~8k tokens of files for a 4k context: the head keeps a subset.
+    const many = Array.from({ length: 80 }, (_, i) => ({
+      path: `src/m${i}.ts`,
+      text: Array.from({ length: 12 }, (_, k) => `export const v${i}_${k} = ${i * 31 + k}; // note ${k}\n`).join(''),
+      mtimeMs: i,
+    }));
+    const longPrefix = Array.from({ length: 300 }, (_, k) => `let x${k} = ${k};\n`).join('');
+    const a = b.completion('demo', many, 'src/cur.ts', 'let y = ', '', 4096, 64);
+    const c = b.completion('demo', many, 'src/cur.ts', longPrefix, '\n}\n', 4096, 64);
+    const head = b.repoHead('demo', many, 4096);
+    assert.ok(a.filesDropped > 0, 'the budget should bind');
+    assert.deepEqual(c.files.map((f) => f.path), a.files.map((f) => f.path));
+    assert.equal(c.headTokens, a.headTokens);
+    assert.deepEqual(c.ids.slice(0, c.headTokens), a.ids.slice(0, a.headTokens));
+    assert.deepEqual(a.ids.slice(0, head.ids.length), head.ids, 'the index head is a prefix of every completion prompt');
+    assert.ok(c.ids.length <= 4096 - 64, `prompt ${c.ids.length} tokens leaves no room for the answer`);
   });
 }

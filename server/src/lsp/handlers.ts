@@ -60,8 +60,6 @@ export interface ServiceDeps {
   statusIntervalMs?: number;
 }
 
-/** Tokens of room the index leaves after the repo head (current file + answer). */
-const INDEX_RESERVE = 1024;
 /** Tokens per prefill step while indexing (progress and cancel granularity). */
 const INDEX_CHUNK = 512;
 
@@ -152,7 +150,7 @@ export class SpecodeService {
       const t0 = performance.now();
       const config = this.config!;
       const files = this.files;
-      const built = this.prompts!.repoHead(this.repoName, files, config.contextTokens, INDEX_RESERVE);
+      const built = this.prompts!.repoHead(this.repoName, files, config.contextTokens);
       const ids = built.ids;
       const result = (tokensDone: number, reused: number, cancelled: boolean): IndexResult => ({
         files: built.files.length,

@@ -14,8 +14,17 @@ import type { Engine } from './engine';
 /** Most characters of the current file kept before / after the cursor (then cut to the token budget). */
 export const PREFIX_CHARS = 24_000;
 export const SUFFIX_CHARS = 3_000;
-/** Share of the context budget the current file's prefix may take. */
-const PREFIX_SHARE = 0.4;
+/**
+ * Tokens kept for the current file (prefix + suffix) and the answer, after the repo head.
+ * The repo head's budget is nCtx minus this, the same for `index` and for every completion,
+ * so the head (and its KV pages) does not change from keystroke to keystroke whatever the
+ * cursor position: only the current file is recomputed, from the first changed token.
+ */
+export function currentFileReserve(nCtx: number): number {
+  return Math.min(nCtx >> 1, Math.max(1024, Math.floor(nCtx / 4)));
+}
+/** Most tokens of the current file after the cursor: everything after an edit is recomputed. */
+const SUFFIX_TOKENS = 256;
 
 export interface BuiltPrompt {
   ids: number[];
@@ -77,15 +86,22 @@ export class PromptBuilder {
     const nCtx = Math.min(contextTokens, this.engine.model.nCtx);
     let pre = prefix.length > PREFIX_CHARS ? prefix.slice(prefix.indexOf('\n', prefix.length - PREFIX_CHARS) + 1) : prefix;
     let suf = suffix.length > SUFFIX_CHARS ? suffix.slice(0, suffix.lastIndexOf('\n', SUFFIX_CHARS) + 1 || SUFFIX_CHARS) : suffix;
-    // Cut the prefix to its share of the budget, at line starts.
-    const prefixBudget = Math.floor(nCtx * PREFIX_SHARE);
+    if (!this.engine.model.fim) suf = '';
+    // The current file gets what the head leaves (see currentFileReserve): the suffix at most
+    // SUFFIX_TOKENS (cut at line ends), the prefix the rest (cut at line starts).
+    const reserve = currentFileReserve(nCtx);
+    const fileBudget = Math.max(64, reserve - maxTokens - this.engine.count(path) - 32);
+    const sufBudget = Math.min(SUFFIX_TOKENS, Math.floor(fileBudget / 4));
+    while (suf.length > 0 && this.engine.count(suf) > sufBudget) {
+      const cut = suf.lastIndexOf('\n', Math.floor((suf.length * 3) / 4));
+      suf = cut <= 0 ? suf.slice(0, Math.floor(suf.length / 2)) : suf.slice(0, cut + 1);
+    }
+    const prefixBudget = fileBudget - this.engine.count(suf);
     while (pre.length > 0 && this.engine.count(pre) > prefixBudget) {
       const cut = pre.indexOf('\n', Math.floor(pre.length / 4));
       pre = cut < 0 ? pre.slice(Math.floor(pre.length / 2)) : pre.slice(cut + 1);
     }
-    if (!this.engine.model.fim) suf = '';
-    const own = this.engine.count(pre) + this.engine.count(suf) + this.engine.count(path) + 16;
-    const budget = nCtx - maxTokens - own - 16;
+    const budget = nCtx - reserve;
     const fit = this.fit(files, budget, path);
     const input = { repoName: repoName || 'repo', files: fit.files, path, prefix: pre, suffix: suf };
     const whole = this.engine.model.fim ? fimPrompt(input) : plainPrompt(input);
@@ -94,9 +110,9 @@ export class PromptBuilder {
   }
 
   /** The repo head alone (what `index` prefills): the same bytes the completion prompt starts with. */
-  repoHead(repoName: string, files: readonly ContextFile[], contextTokens: number, reserve: number): BuiltPrompt {
+  repoHead(repoName: string, files: readonly ContextFile[], contextTokens: number): BuiltPrompt {
     const nCtx = Math.min(contextTokens, this.engine.model.nCtx);
-    const fit = this.fit(files, nCtx - reserve);
+    const fit = this.fit(files, nCtx - currentFileReserve(nCtx));
     const input = { repoName: repoName || 'repo', files: fit.files, path: '', prefix: '', suffix: '' };
     const whole = this.engine.model.fim ? fimPrompt(input) : plainPrompt(input);
     const marker = this.engine.model.fim ? '<|file_sep|>\n<|fim_prefix|>' : '// File: \n';
