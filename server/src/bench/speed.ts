@@ -14,6 +14,8 @@ export interface SpeedOptions {
   contexts: number[];
   decodeTokens?: number;
   reps?: number;
+  /** Untimed runs before the timed ones (default 1). */
+  warmup?: number;
   peer?: boolean;
   flashAttention?: boolean;
   /** specode KV policies to time (default ['full']); llama.cpp always runs its fp16 cache. */
@@ -45,6 +47,7 @@ export interface SpeedRow {
 export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
   const env = await envelope('speed', o.modelName, o.modelPath, o.threads);
   const reps = o.reps ?? 3;
+  const warmup = o.warmup ?? 1;
   const nDecode = o.decodeTokens ?? 32;
   const maxCtx = Math.max(...o.contexts);
   const policies = o.policies ?? ['full'];
@@ -67,7 +70,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
       const pre: number[] = [];
       const dec: number[] = [];
       let fetchPerStep = 0, stallFrac = 0, deviceKv = fp16KvBytes(ctx), hostKv = 0;
-      for (let r = 0; r <= reps; r++) {
+      for (let r = 1 - warmup; r <= reps; r++) {
         // A fresh context each repetition: the paged policies would otherwise adopt the
         // previous repetition's pages instead of running the prefill.
         const session = await Session.open(o.modelPath, {
@@ -98,7 +101,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
             deviceKv = m.deviceKvBytes;
             hostKv = m.hostKvBytes;
           }
-          if (r === 0) continue;  // warm-up
+          if (r <= 0) continue;  // warm-up
           pre.push((ids.length - 1) / prefillS);
           dec.push(nDecode / decodeS);
           log(`specode ${policy} ctx ${ctx} rep ${r}: prefill ${pre[pre.length - 1].toFixed(1)} tok/s, decode ${dec[dec.length - 1].toFixed(2)} tok/s`);
@@ -127,9 +130,9 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
           const ids = allIds.slice(0, ctx);
           const pre: number[] = [];
           const dec: number[] = [];
-          for (let r = 0; r <= reps; r++) {
+          for (let r = 1 - warmup; r <= reps; r++) {
             const { prefill: p, decode: d } = await peer.prefillThenDecode(ids, nDecode);
-            if (r === 0) continue;
+            if (r <= 0) continue;
             pre.push(p.tokensPerSecond);
             dec.push(d.tokensPerSecond);
             log(`llama.cpp${fa ? ' (flash attention)' : ''} ctx ${ctx} rep ${r}: prefill ${p.tokensPerSecond.toFixed(1)} tok/s, decode ${d.tokensPerSecond.toFixed(2)} tok/s`);

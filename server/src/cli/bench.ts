@@ -17,6 +17,7 @@ const FLAGS: Record<string, FlagSpec> = {
   peer: { type: 'string', help: 'peer engine to compare with (llama.cpp | none)', default: 'llama.cpp' },
   ctx: { type: 'string', help: 'speed / fidelity: context sizes, comma-separated (default: speed 512,4096; fidelity 4096); reuse: one size (default 16384); editor: the context budget in tokens, filled with real code (default 8192)' },
   reps: { type: 'number', help: 'speed: repetitions after the warm-up (median reported)', default: 3 },
+  warmup: { type: 'number', help: 'speed: untimed runs before the timed ones', default: 1 },
   'decode-tokens': { type: 'number', help: 'speed: decode steps timed per repetition', default: 32 },
   'flash-attention': { type: 'boolean', help: "speed: llama.cpp's flash attention only on (--flash-attention) or only off (--flash-attention=false); default: both, ratios vs the faster" },
   prompts: { type: 'number', help: 'parity: code prompts', default: 20 },
@@ -84,7 +85,7 @@ export async function runBench(argv: string[]): Promise<number> {
     if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
     result = await benchSpeed({
       modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk),
-      reps: Number(p.flags.reps), decodeTokens: Number(p.flags['decode-tokens']),
+      reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
       peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
   }
