@@ -31,7 +31,10 @@ export interface ReuseRow {
   prompt_tokens: number;
   reused_tokens: number;
   recomputed_tokens: number;
+  /** Whole request: prefill (reuse + recompute) and gen_tokens of generation. */
   seconds: number;
+  /** The prefill part alone. */
+  prefill_s: number;
   /** Where the edit starts, in tokens from the end of the prompt (edit rows). */
   edit_from_end?: number;
   completion: string;
@@ -90,11 +93,11 @@ export async function benchReuse(o: ReuseOptions): Promise<Envelope> {
       const seconds = (performance.now() - t0) / 1000;
       const row: ReuseRow = {
         policy, case: kase, prompt_tokens: input.length, reused_tokens: r.reusedTokens,
-        recomputed_tokens: input.length - r.reusedTokens, seconds, completion: r.text,
+        recomputed_tokens: input.length - r.reusedTokens, seconds, prefill_s: r.prefillMs / 1000, completion: r.text,
       };
       if (kase === 'edit') row.edit_from_end = input.length - firstDiff;
       rows.push(row);
-      log(`reuse ${policy} ${kase}: ${row.recomputed_tokens} of ${row.prompt_tokens} tokens recomputed, ${seconds.toFixed(2)} s`);
+      log(`reuse ${policy} ${kase}: ${row.recomputed_tokens} of ${row.prompt_tokens} tokens recomputed, prefill ${row.prefill_s.toFixed(2)} s, request ${seconds.toFixed(2)} s`);
       return r;
     };
     const s = await open();

@@ -178,8 +178,8 @@ function printSummary(r: Envelope): void {
     return;
   }
   if (r.suite === 'reuse') {
-    for (const row of r.rows as { policy: string; case: string; prompt_tokens: number; recomputed_tokens: number; seconds: number }[])
-      console.log(`${row.policy.padEnd(14)} ${row.case.padEnd(12)} ${String(row.recomputed_tokens).padStart(6)} of ${row.prompt_tokens} tokens recomputed  ${row.seconds.toFixed(2).padStart(7)} s`);
+    for (const row of r.rows as { policy: string; case: string; prompt_tokens: number; recomputed_tokens: number; seconds: number; prefill_s: number }[])
+      console.log(`${row.policy.padEnd(14)} ${row.case.padEnd(12)} ${String(row.recomputed_tokens).padStart(6)} of ${row.prompt_tokens} tokens recomputed  prefill ${row.prefill_s.toFixed(2).padStart(7)} s  request ${row.seconds.toFixed(2).padStart(7)} s`);
     return;
   }
   if (r.suite === 'parity') {
