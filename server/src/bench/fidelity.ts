@@ -68,19 +68,28 @@ export interface FidelityOptions {
   measure?: boolean;
   /** The command line, recorded in the JSON. */
   command?: string;
+  /** Explicit policy configurations (instead of policies × bits); full is added first. */
+  configs?: PolicyCfg[];
   /** Called with the envelope after every finished row (for partial results). */
   onRow?: (env: Envelope) => void;
 }
 
 /** One policy configuration: a context is made with these options. */
-interface PolicyCfg {
+export interface PolicyCfg {
   policy: KvPolicy;
   bits: 1 | 2 | null;
   label: string;
+  /** Extra context options (budgets, residual, ...), applied last. */
+  opts?: Partial<ContextOptions>;
+  /** Run its own prefills instead of copying full's rows (policies that score rows while
+   * prefilling, e.g. h2o and kvmerger accumulate attention there). */
+  ownPrefill?: boolean;
 }
 
 export interface FidelityRow {
   policy: KvPolicy;
+  /** The configuration's name (policy, bits, budget). */
+  label?: string;
   bits: number | null;
   group: number | null;
   topk: number | null;
@@ -326,11 +335,13 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
   const cfgs: PolicyCfg[] = [];
   // full always runs: it prefills for the others and is the reference.
   cfgs.push({ policy: 'full', bits: null, label: 'full' });
-  for (const p of o.policies) {
-    if (p === 'full') continue;
-    if (p === 'specache' || p === 'specache-sync') for (const b of o.bits) cfgs.push({ policy: p, bits: b, label: `${p}/${b}b` });
-    else cfgs.push({ policy: p, bits: null, label: p });
-  }
+  if (o.configs) cfgs.push(...o.configs.filter((c) => c.policy !== 'full' || c.opts));
+  else
+    for (const p of o.policies) {
+      if (p === 'full') continue;
+      if (p === 'specache' || p === 'specache-sync') for (const b of o.bits) cfgs.push({ policy: p, bits: b, label: `${p}/${b}b` });
+      else cfgs.push({ policy: p, bits: null, label: p });
+    }
   const runnable = cfgs.filter((c) => c.policy === 'full' || caps.policies);
   const skipped = cfgs.filter((c) => !runnable.includes(c));
   if (skipped.length) notes.push(`not run (addon lacks KV policies): ${skipped.map((c) => c.label).join(', ')}`);
@@ -395,6 +406,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
           if (caps.policies) {
             copts.policy = cfg.policy;
             if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
+            if (cfg.opts) Object.assign(copts, cfg.opts);
           }
           const ctx = model.createContext(copts);
           live.push({ cfg, ctx, run: new Runner(ctx, caps), report: cfg.policy !== 'full' || o.policies.includes('full') });
@@ -408,7 +420,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
         if (!canCopy) notes.push('each policy ran its own prefills (no ctx.copyFrom)');
         /** Make `who` hold ids; returns the last logits (full prefills, the others copy it). */
         const prepare = async (who: (typeof live)[number], ids: number[]): Promise<Float32Array> => {
-          if (!canCopy || who === src) return who.run.prefill(ids);
+          if (!canCopy || who === src || who.cfg.ownPrefill) return who.run.prefill(ids);
           if (src.run.held.length !== ids.length || src.run.held.some((x, i) => x !== ids[i])) await src.run.prefill(ids);
           const t0 = performance.now();
           who.ctx.copyFrom(src.ctx);
@@ -497,6 +509,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
             const run = x.run;
             const row: FidelityRow = {
               policy: cfg.policy,
+              label: cfg.label,
               bits: cfg.bits,
               group: cfg.bits !== null ? group : null,
               topk: cfg.bits !== null ? topk : null,

@@ -3,6 +3,7 @@ import { UserError } from '../errors';
 import { benchParity } from '../bench/parity';
 import { benchSpeed } from '../bench/speed';
 import { benchReuse } from '../bench/reuse';
+import { benchPolicies } from '../bench/policies';
 import { benchEditor } from '../bench/editor';
 import { benchFidelity, FIDELITY_TASKS, parsePolicies, type FidelityTask } from '../bench/fidelity';
 import type { Envelope } from '../bench/common';
@@ -42,16 +43,16 @@ const FLAGS: Record<string, FlagSpec> = {
   transport: { type: 'string', help: 'editor: how the bench talks to dist/server.js: ipc (as the extension does) | stdio', default: 'ipc' },
 };
 
-const SUITES = ['parity', 'speed', 'fidelity', 'reuse', 'editor'];
+const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
 
 export async function runBench(argv: string[]): Promise<number> {
   const p = parseArgs(argv, FLAGS, 'bench');
   if (p.help || p.positionals.length === 0) {
-    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF (parity, speed), KV policies against full (fidelity), prefix reuse after an edit (reuse), completion latency and a keystroke storm through the real language server (editor); --json prints the fields of shared/BENCH.md.', FLAGS));
+    console.log(usage('bench', `SUITE [options]   (SUITE: ${SUITES.join(' | ')})`, 'Measure specode against llama.cpp on the same GGUF (parity, speed), KV policies against full (fidelity), prefix reuse after an edit (reuse), completion latency and a keystroke storm through the real language server (editor), every KV policy at two device budgets (policies); --json prints the fields of shared/BENCH.md.', FLAGS));
     return p.help ? 0 : 2;
   }
   const suite = p.positionals[0];
-  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')} (policies is not implemented yet)`);
+  if (!SUITES.includes(suite)) throw new UserError(`bench: unknown suite '${suite}'`, `suites: ${SUITES.join(', ')}`);
   const modelName = String(p.flags.model);
   const modelPath = await resolveModelArg(modelName);
   const threads = Number(p.flags.threads) || (await import('node:os')).availableParallelism();
@@ -70,6 +71,23 @@ export async function runBench(argv: string[]): Promise<number> {
     result = await benchReuse({ modelName, modelPath, threads, ctx, policies, genTokens: Number(p.flags['gen-tokens'] ?? 16) });
   } else if (suite === 'editor') {
     result = await runEditor(p.flags, modelName, modelPath, threads);
+  } else if (suite === 'policies') {
+    const contexts = String(p.flags.ctx ?? '8192,16384').split(',').map((x) => Number(x.trim()));
+    if (contexts.some((c) => !Number.isInteger(c) || c < 512)) throw new UserError(`bench: --ctx must be integers >= 512, got '${p.flags.ctx}'`);
+    const tasks = String(p.flags.tasks).split(',').map((x) => x.trim()).filter(Boolean) as FidelityTask[];
+    for (const t of tasks) if (!FIDELITY_TASKS.includes(t)) throw new UserError(`bench: unknown task '${t}'`, `tasks: ${FIDELITY_TASKS.join(', ')}`);
+    const positive = (name: string, dflt: number) => {
+      const n = p.flags[name] === undefined ? dflt : Number(p.flags[name]);
+      if (!Number.isInteger(n) || n < 1) throw new UserError(`bench: --${name} must be a positive integer, got ${p.flags[name]}`);
+      return n;
+    };
+    const out = p.flags.out ? String(p.flags.out) : undefined;
+    const { writeFileSync } = await import('node:fs');
+    result = await benchPolicies({
+      modelName, modelPath, threads, contexts, tasks, trials: positive('trials', 1), depths: positive('depths', 10),
+      genTokens: positive('gen-tokens', 256), seed: Number(p.flags.seed), command: `specode bench ${argv.join(' ')}`,
+      onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,
+    });
   } else if (suite === 'fidelity') {
     result = await runFidelity(p.flags, modelName, modelPath, threads, `specode bench ${argv.join(' ')}`);
   } else {
@@ -158,10 +176,10 @@ async function runEditor(f: Record<string, string | number | boolean | undefined
 
 function printSummary(r: Envelope): void {
   console.log(`${r.suite} — ${r.model.name} (${r.model.sha256.slice(0, 12)}), ${r.backend}, ${r.threads} threads, ${r.device}`);
-  if (r.suite === 'fidelity') {
+  if (r.suite === 'fidelity' || r.suite === 'policies') {
     for (const n of (r.notes as string[]) ?? []) console.log(`note: ${n}`);
     for (const row of r.rows as { policy: string; bits: number | null; ctx: number; task: string; samples: number; accuracy: number | null; greedy_agreement: number | null; compression_ratio: number | null; spec_match: number | null; topk_overlap: number | null }[]) {
-      const name = row.bits ? `${row.policy}/${row.bits}b` : row.policy;
+      const name = (row as { label?: string }).label ?? (row.bits ? `${row.policy}/${row.bits}b` : row.policy);
       const score = row.accuracy !== null ? `accuracy ${row.accuracy.toFixed(3)}` : `agreement ${row.greedy_agreement?.toFixed(4) ?? '—'}`;
       const fmt = (x: number | null, d = 3) => (x === null || x === undefined ? '—' : x.toFixed(d));
       console.log(`${name.padEnd(17)} ctx ${String(row.ctx).padStart(6)} ${row.task.padEnd(16)} ${score} (${row.samples} samples)  compression ${fmt(row.compression_ratio, 2)}x  spec ${fmt(row.spec_match)}  overlap ${fmt(row.topk_overlap)}`);
