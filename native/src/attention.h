@@ -55,6 +55,8 @@ struct AttnKernels {
   void (*update)(const BlockUpdate &u);
   // The SwiGLU activation out[i] = silu(gate[i]) * up[i] (it shares the vector exp).
   void (*silu_mul)(const float *gate, const float *up, float *out, int64_t n);
+  // x[i] = e^(x[i] - mx) over a row; returns Σ x[i] (softmax numerators).
+  float (*exp_sum)(float *x, int64_t n, float mx);
 };
 
 // The widest kernels the current kernel set allows for this head size.

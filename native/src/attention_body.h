@@ -207,9 +207,23 @@ void silu_mul(const float *gate, const float *up, float *out, int64_t n) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// x[i] = e^(x[i] - mx); returns the sum.
+float exp_sum(float *x, int64_t n, float mx) {
+  vf sum = splat(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const vf e = vexp(ld(x + i) - mx);
+    st(x + i, e);
+    sum += e;
+  }
+  float s = hsum(sum);
+  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - mx));
+  return s;
+}
+
 }  // namespace
 
-extern const AttnKernels ATTN_NAME = {ATTN_LABEL, W, load_f16, load_f32, update, silu_mul};
+extern const AttnKernels ATTN_NAME = {ATTN_LABEL, W, load_f16, load_f32, update, silu_mul, exp_sum};
 
 }  // namespace attn
 }  // namespace specode

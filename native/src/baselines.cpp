@@ -13,57 +13,6 @@
 
 namespace specode {
 
-namespace {
-
-// ---- e^x over a row (h2o's attention probabilities) --------------------------
-// GCC vector extensions, 4 lanes (SSE2, the x86-64 baseline); Cephes' expf
-// polynomial as in the attention kernels, relative error ~2e-7.
-typedef float v4 __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
-
-inline v4 splat(float a) { return v4{a, a, a, a}; }
-
-inline v4 vexp(v4 x) {
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  const v4 magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  v4 n = (x * 1.44269504088896341f + magic) - magic;
-  v4 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  v4 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  v4i e = (__builtin_convertvector(n, v4i) + 127) << 23;
-  v4 scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
-}
-
-// x[i] = e^(x[i] - mx); returns Σ x[i].
-float exp_sum(float *x, int n, float mx) {
-  v4 sum = splat(0.0f);
-  int i = 0;
-  for (; i + 4 <= n; i += 4) {
-    v4 v;
-    std::memcpy(&v, x + i, sizeof v);
-    v = vexp(v - mx);
-    std::memcpy(x + i, &v, sizeof v);
-    sum += v;
-  }
-  float s = 0;
-  for (int l = 0; l < 4; ++l) s += sum[l];
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    s += x[i];
-  }
-  return s;
-}
-
-}  // namespace
-
 const char *baseline_policy_name(KvPolicy p) {
   if (p == kKvStreamingLlm) return "streamingllm";
   if (p == kKvH2O) return "h2o";
@@ -177,7 +126,7 @@ void EvictingKvCache::accumulate(int layer, int old, int n, const float *q, Thre
             s[j] = dot_f16_f32(krow(layer, g, j), qs.data(), hd);
             mx = std::max(mx, s[j]);
           }
-          const float inv = 1.0f / exp_sum(s.data(), lim, mx);
+          const float inv = 1.0f / attn::widest_kernels().exp_sum(s.data(), lim, mx);
           for (int j = 0; j < lim; ++j) acc[j] += s[j] * inv;
         }
       }

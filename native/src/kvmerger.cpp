@@ -16,47 +16,6 @@ namespace specode {
 
 namespace {
 
-// e^x over a row, 4 lanes (Cephes' expf polynomial, as the attention kernels).
-typedef float v4 __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
-inline v4 splat(float a) { return v4{a, a, a, a}; }
-inline v4 vexp(v4 x) {
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  const v4 magic = splat(12582912.0f);
-  v4 n = (x * 1.44269504088896341f + magic) - magic;
-  v4 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  v4 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  v4i e = (__builtin_convertvector(n, v4i) + 127) << 23;
-  v4 scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
-}
-float exp_sum(float *x, int n, float mx) {
-  v4 sum = splat(0.0f);
-  int i = 0;
-  for (; i + 4 <= n; i += 4) {
-    v4 v;
-    std::memcpy(&v, x + i, sizeof v);
-    v = vexp(v - mx);
-    std::memcpy(x + i, &v, sizeof v);
-    sum += v;
-  }
-  float s = 0;
-  for (int l = 0; l < 4; ++l) s += sum[l];
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    s += x[i];
-  }
-  return s;
-}
-
 // Cosine similarity of keys i and i+1 for every adjacent pair; -2 where
 // either is protected (not joinable).
 std::vector<float> adjacent_sims(const float *keys, int c, int hd, const std::vector<uint8_t> &prot) {
@@ -221,7 +180,7 @@ void MergerKvCache::accumulate(int layer, int old, int n, const float *q, Thread
             s[j] = dot_f16_f32(&k_[slot(layer, g, j) * hd], qs.data(), hd);
             mx = std::max(mx, s[j]);
           }
-          const float inv = 1.0f / exp_sum(s.data(), lim, mx);
+          const float inv = 1.0f / attn::widest_kernels().exp_sum(s.data(), lim, mx);
           for (int j = 0; j < lim; ++j) acc[j] += s[j] * inv;
         }
       }
