@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kv_cache.h"
+#include "ops.h"
 #include "threadpool.h"
 
 namespace specode {
@@ -193,6 +194,56 @@ void causal_attention(ThreadPool &pool, const KvShape &sh, int pos0, int n, cons
         for (int d = 0; d < hd; ++d) dst[d] *= inv;
       }
     }
+}
+
+
+// H2O-style attention scores: for each of the nk query tokens at positions
+// old .. old + nk - 1 and each query head of a KV head, the exact softmax
+// probabilities over the keys it sees are added to score(g)[j]. Tasks are
+// (KV head, 16 tokens) with their own partial sums (part: scratch), reduced in
+// task order, so the result does not depend on the thread count.
+// krow(g, j): the fp16 key row of KV head g at position j.
+template <typename KRow, typename Score>
+void accumulate_probs(ThreadPool &pool, const KvShape &sh, int old, int nk, const float *q, KRow krow, Score score,
+                      std::vector<float> &part) {
+  if (nk <= 0) return;
+  const int hd = sh.head_dim, nh = sh.n_head, nkv = sh.n_head_kv, G = nh / nkv;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  const int keys = old + nk;
+  constexpr int kTokens = 16;
+  const int chunks = (nk + kTokens - 1) / kTokens, n_tasks = nkv * chunks;
+  part.assign((size_t)n_tasks * keys, 0.0f);
+  std::atomic<int> next{0};
+  pool.run([&](int, int) {
+    thread_local std::vector<float> s, qs;
+    if (s.size() < (size_t)keys) s.resize(keys);
+    if (qs.size() < (size_t)hd) qs.resize(hd);
+    for (int task; (task = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+      const int g = task / chunks, c = task % chunks;
+      float *acc = &part[(size_t)task * keys];
+      for (int t = c * kTokens; t < std::min(nk, (c + 1) * kTokens); ++t) {
+        const int lim = old + t + 1;
+        for (int hq = 0; hq < G; ++hq) {
+          const float *src = q + ((size_t)t * nh + g * G + hq) * hd;
+          for (int d = 0; d < hd; ++d) qs[d] = src[d] * scale;
+          float mx = -INFINITY;
+          for (int j = 0; j < lim; ++j) {
+            s[j] = dot_f16_f32(krow(g, j), qs.data(), hd);
+            mx = std::max(mx, s[j]);
+          }
+          const float inv = 1.0f / widest_kernels().exp_sum(s.data(), lim, mx);
+          for (int j = 0; j < lim; ++j) acc[j] += s[j] * inv;
+        }
+      }
+    }
+  });
+  for (int g = 0; g < nkv; ++g) {
+    float *sc = score(g);
+    for (int c = 0; c < chunks; ++c) {
+      const float *p = &part[(size_t)(g * chunks + c) * keys];
+      for (int j = 0; j < keys; ++j) sc[j] += p[j];
+    }
+  }
 }
 
 }  // namespace attn

@@ -101,44 +101,9 @@ void EvictingKvCache::attend(int layer, int pos0, int n, const float *q, float *
 // result does not depend on the thread count.
 void EvictingKvCache::accumulate(int layer, int old, int n, const float *q, ThreadPool &pool) {
   const int nk = in_pass_ ? std::min(n, pass_.n_keep) : n;  // speculative rows do not vote
-  if (nk <= 0) return;
-  const int hd = shape_.head_dim, nh = shape_.n_head, nkv = shape_.n_head_kv, G = nh / nkv;
-  const float scale = 1.0f / std::sqrt((float)hd);
-  const int keys = old + nk;
-  constexpr int kTokens = 16;
-  const int chunks = (nk + kTokens - 1) / kTokens, n_tasks = nkv * chunks;
-  part_.assign((size_t)n_tasks * keys, 0.0f);
-  std::atomic<int> next{0};
-  pool.run([&](int, int) {
-    thread_local std::vector<float> s, qs;
-    if (s.size() < (size_t)keys) s.resize(keys);
-    if (qs.size() < (size_t)hd) qs.resize(hd);
-    for (int task; (task = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
-      const int g = task / chunks, c = task % chunks;
-      float *acc = &part_[(size_t)task * keys];
-      for (int t = c * kTokens; t < std::min(nk, (c + 1) * kTokens); ++t) {
-        const int lim = old + t + 1;
-        for (int hq = 0; hq < G; ++hq) {
-          const float *src = q + ((size_t)t * nh + g * G + hq) * hd;
-          for (int d = 0; d < hd; ++d) qs[d] = src[d] * scale;
-          float mx = -INFINITY;
-          for (int j = 0; j < lim; ++j) {
-            s[j] = dot_f16_f32(krow(layer, g, j), qs.data(), hd);
-            mx = std::max(mx, s[j]);
-          }
-          const float inv = 1.0f / attn::widest_kernels().exp_sum(s.data(), lim, mx);
-          for (int j = 0; j < lim; ++j) acc[j] += s[j] * inv;
-        }
-      }
-    }
-  });
-  for (int g = 0; g < nkv; ++g) {
-    float *sc = &score_[slot(layer, g, 0)];
-    for (int c = 0; c < chunks; ++c) {
-      const float *p = &part_[(size_t)(g * chunks + c) * keys];
-      for (int j = 0; j < keys; ++j) sc[j] += p[j];
-    }
-  }
+  attn::accumulate_probs(
+      pool, shape_, old, nk, q, [&](int g, int j) { return (const uint16_t *)krow(layer, g, j); },
+      [&](int g) { return &score_[slot(layer, g, 0)]; }, part_);
 }
 
 void EvictingKvCache::compress(int target) {

@@ -190,20 +190,8 @@ using tinygguf::kVocab;
 using tinygguf::prompt;
 using tinygguf::write_tiny_model;
 
-struct TinyModel {
-  std::string path;
-  specode_model *model = nullptr;
-  explicit TinyModel(int n_layer, const char *tag, uint32_t wseed = 20260101) {
-    path = write_tiny_model(n_layer, tag, wseed);
-    specode_model_params p = specode_model_default_params();
-    p.path = path.c_str();
-    p.n_threads = 2;
-    if (specode_model_load(&p, &model) != SPECODE_OK) std::fprintf(stderr, "  load: %s\n", specode_last_error());
-  }
-  ~TinyModel() {
-    specode_model_free(model);
-    unlink(path.c_str());
-  }
+struct TinyModel : tinygguf::TinyFile {
+  explicit TinyModel(int n_layer, const char *tag, uint32_t wseed = 20260101) : TinyFile(n_layer, tag, wseed) {}
   specode_context *context(int policy, int n_ctx, int budget = 0, float ratio = 0.0f) {
     specode_context_params cp = specode_context_default_params();
     cp.n_ctx = n_ctx;

@@ -595,22 +595,9 @@ namespace {
 
 using tinygguf::kVocab;
 using tinygguf::prompt;
-inline std::string write_tiny_model() { return tinygguf::write_tiny_model(2, "baselines"); }
 
-struct TinyModel {
-  std::string path;
-  specode_model *model = nullptr;
-  TinyModel() {
-    path = write_tiny_model();
-    specode_model_params p = specode_model_default_params();
-    p.path = path.c_str();
-    p.n_threads = 2;
-    if (specode_model_load(&p, &model) != SPECODE_OK) std::fprintf(stderr, "  load: %s\n", specode_last_error());
-  }
-  ~TinyModel() {
-    specode_model_free(model);
-    unlink(path.c_str());
-  }
+struct TinyModel : tinygguf::TinyFile {
+  TinyModel() : TinyFile(2, "baselines") {}
   specode_context *context(int policy, int n_ctx, int budget = 0, float ratio = 0.0f) {
     specode_context_params cp = specode_context_default_params();
     cp.n_ctx = n_ctx;

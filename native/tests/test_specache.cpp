@@ -24,22 +24,9 @@ namespace {
 
 using tinygguf::kVocab;
 using tinygguf::prompt;
-inline std::string write_tiny_model() { return tinygguf::write_tiny_model(2, "specache"); }
 
-struct TinyModel {
-  std::string path;
-  specode_model *model = nullptr;
-  TinyModel() {
-    path = write_tiny_model();
-    specode_model_params p = specode_model_default_params();
-    p.path = path.c_str();
-    p.n_threads = 2;
-    if (specode_model_load(&p, &model) != SPECODE_OK) std::fprintf(stderr, "  load: %s\n", specode_last_error());
-  }
-  ~TinyModel() {
-    specode_model_free(model);
-    unlink(path.c_str());
-  }
+struct TinyModel : tinygguf::TinyFile {
+  TinyModel() : TinyFile(2, "specache") {}
   specode_context *context(int policy, int n_ctx, int topk, int bits = 2, int measure = 0, int kv_type = SPECODE_KV_F16) {
     specode_context_params cp = specode_context_default_params();
     cp.n_ctx = n_ctx;

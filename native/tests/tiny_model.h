@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "specode.h"
+
 namespace tinygguf {
 
 struct Writer {
@@ -99,5 +101,24 @@ inline std::vector<int32_t> prompt(int n, uint32_t seed) {
   for (int i = 0; i < n; ++i) t[i] = (i % 37 < 20) ? (int32_t)((i % 37) * 3 % kVocab) : (int32_t)(rng() % kVocab);
   return t;
 }
+
+// The tiny model written and loaded (2 threads); removed again on destruction.
+struct TinyFile {
+  std::string path;
+  specode_model *model = nullptr;
+  explicit TinyFile(int n_layer, const char *tag, uint32_t wseed = 20260101) {
+    path = write_tiny_model(n_layer, tag, wseed);
+    specode_model_params p = specode_model_default_params();
+    p.path = path.c_str();
+    p.n_threads = 2;
+    if (specode_model_load(&p, &model) != SPECODE_OK) std::fprintf(stderr, "  load: %s\n", specode_last_error());
+  }
+  ~TinyFile() {
+    specode_model_free(model);
+    unlink(path.c_str());
+  }
+  TinyFile(const TinyFile &) = delete;
+  TinyFile &operator=(const TinyFile &) = delete;
+};
 
 }  // namespace tinygguf

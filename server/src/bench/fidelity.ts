@@ -177,7 +177,7 @@ class Runner {
   constructor(readonly ctx: NativeContext, readonly caps: Caps) {}
 
   /** The logits of the last prefill or step. */
-  async lastLogits(): Promise<Float32Array> {
+  lastLogits(): Float32Array {
     if (!this.last) throw new Error('fidelity: no logits yet');
     return this.last;
   }
@@ -426,8 +426,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
           who.ctx.copyFrom(src.ctx);
           who.run.copyMs += performance.now() - t0;
           who.run.held = ids.slice();
-          const logits = await src.run.lastLogits();
-          return logits;
+          return src.run.lastLogits();
         };
 
         for (const task of o.tasks) {
