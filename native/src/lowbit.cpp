@@ -6,12 +6,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "attention.h"
+#include "lowbit_kernels.h"
 #include "ops.h"
 #include "quant.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace specode {
 
@@ -36,19 +34,20 @@ const CodeTables &tables() {
   return t;
 }
 
-// codes: [head_dim * bits / 8] packed -> out: [head_dim] floats.
-inline void unpack_codes(const uint8_t *codes, int bits, int head_dim, float *out) {
+// codes: [count * bits / 8] packed -> out: [count] floats (count a multiple of 8).
+void unpack_codes(const uint8_t *codes, int bits, int64_t count, float *out) {
   const CodeTables &t = tables();
   if (bits == 2) {
-    for (int i = 0; i < head_dim / 4; ++i) std::memcpy(out + 4 * i, t.two[codes[i]], sizeof(t.two[0]));
+    for (int64_t i = 0; i < count / 4; ++i) std::memcpy(out + 4 * i, t.two[codes[i]], sizeof(t.two[0]));
   } else {
-    for (int i = 0; i < head_dim / 8; ++i) std::memcpy(out + 8 * i, t.one[codes[i]], sizeof(t.one[0]));
+    for (int64_t i = 0; i < count / 8; ++i) std::memcpy(out + 8 * i, t.one[codes[i]], sizeof(t.one[0]));
   }
 }
 
-inline void pack_code(uint8_t *row, int channel, int code, int bits) {
+// Code i of a packed stream (LSB first, 8 / bits codes to a byte).
+inline void pack_code(uint8_t *stream, int i, int code, int bits) {
   const int per_byte = 8 / bits;
-  row[channel / per_byte] |= (uint8_t)(code << ((channel % per_byte) * bits));
+  stream[i / per_byte] |= (uint8_t)(code << ((i % per_byte) * bits));
 }
 
 inline float f16(uint16_t h) { return fp16_to_fp32(h); }
@@ -75,7 +74,7 @@ int lowbit_code(float x, float scale, float zero, int bits) {
 
 void LowbitStream::init(const LowbitConfig &cfg) {
   assert(cfg.bits == 1 || cfg.bits == 2);
-  assert(cfg.group > 0 && cfg.head_dim % 8 == 0);
+  assert(cfg.group > 0 && cfg.group % 8 == 0 && cfg.head_dim % 8 == 0);  // whole bytes of codes
   cfg_ = cfg;
   vgroup_ = std::min(cfg.group, cfg.head_dim);
   assert(cfg.head_dim % vgroup_ == 0);
@@ -128,10 +127,8 @@ void LowbitStream::append(const float *k, const float *v, int n) {
       lowbit_params(mn, mx, bits, &scale, &zero);
       kscale_[(size_t)group * HD + c] = fp32_to_fp16(scale);
       kzero_[(size_t)group * HD + c] = fp32_to_fp16(zero);
-      for (int j = 0; j < g; ++j) {
-        const size_t tok = (size_t)group * g + j;
-        pack_code(&kcodes_[tok * row_bytes_], c, lowbit_code(k[((size_t)b * g + j) * HD + c], scale, zero, bits), bits);
-      }
+      uint8_t *dst = key_codes(group, c);
+      for (int j = 0; j < g; ++j) pack_code(dst, j, lowbit_code(k[((size_t)b * g + j) * HD + c], scale, zero, bits), bits);
     }
   }
   // Values: per token over each group of vgroup channels.
@@ -157,13 +154,14 @@ void LowbitStream::append(const float *k, const float *v, int n) {
 
 void LowbitStream::dequantize(int t0, int t1, float *k, float *v) const {
   const int g = cfg_.group, HD = cfg_.head_dim, nvg = HD / vgroup_;
-  std::vector<float> codes(HD);
+  std::vector<float> codes(std::max(HD, g));
   for (int t = t0; t < t1; ++t) {
     const int group = t / g;
     float *kr = k + (size_t)(t - t0) * HD, *vr = v + (size_t)(t - t0) * HD;
-    unpack_codes(&kcodes_[(size_t)t * row_bytes_], cfg_.bits, HD, codes.data());
-    for (int c = 0; c < HD; ++c)
-      kr[c] = f16(kscale_[(size_t)group * HD + c]) * codes[c] + f16(kzero_[(size_t)group * HD + c]);
+    for (int c = 0; c < HD; ++c) {
+      unpack_codes(key_codes(group, c), cfg_.bits, g, codes.data());
+      kr[c] = f16(kscale_[(size_t)group * HD + c]) * codes[t % g] + f16(kzero_[(size_t)group * HD + c]);
+    }
     unpack_codes(&vcodes_[(size_t)t * row_bytes_], cfg_.bits, HD, codes.data());
     for (int c = 0; c < HD; ++c) {
       const int gi = c / vgroup_;
@@ -174,167 +172,78 @@ void LowbitStream::dequantize(int t0, int t1, float *k, float *v) const {
 
 namespace {
 
-// ---- inner loops over one group of g tokens, scalar and AVX2 ---------------
-// codes: [g][hd] floats (unpacked); qs: [hd]; w: [g][hd / vg] weights.
+// ---- scalar inner loops (the reference; see lowbit_kernels.h) --------------
 
-void scores_scalar(const float *qs, float qz, const float *codes, int g, int hd, float *out) {
-  for (int j = 0; j < g; ++j) {
-    float d = 0;
-    for (int c = 0; c < hd; ++c) d += qs[c] * codes[(size_t)j * hd + c];
-    out[j] = d + qz;
+void decode_keys_scalar(const uint8_t *packed, int bits, int g, int hd, const uint16_t *scale, const uint16_t *zero,
+                        float *kd) {
+  unpack_codes(packed, bits, (int64_t)g * hd, kd);
+  for (int c = 0; c < hd; ++c) {
+    const float s = f16(scale[c]), z = f16(zero[c]);
+    for (int j = 0; j < g; ++j) kd[(size_t)c * g + j] = kd[(size_t)c * g + j] * s + z;
   }
 }
 
-void values_scalar(const float *w, const float *codes, int g, int hd, int vg, float *acc) {
+void decode_values_scalar(const uint8_t *packed, int bits, int g, int hd, int vg, const uint16_t *scale,
+                          const uint16_t *zero, float *vd) {
   const int nvg = hd / vg;
+  unpack_codes(packed, bits, (int64_t)g * hd, vd);
   for (int j = 0; j < g; ++j)
-    for (int c = 0; c < hd; ++c) acc[c] += w[(size_t)j * nvg + c / vg] * codes[(size_t)j * hd + c];
+    for (int c = 0; c < hd; ++c) {
+      const size_t gi = (size_t)j * nvg + c / vg;
+      vd[(size_t)j * hd + c] = vd[(size_t)j * hd + c] * f16(scale[gi]) + f16(zero[gi]);
+    }
 }
 
-// x[i] = exp(x[i] - mx) (exp(-inf) = 0); returns Σ x.
-float exp_sum_scalar(float *x, int n, float mx) {
-  float sum = 0;
-  for (int i = 0; i < n; ++i) {
-    x[i] = x[i] == -INFINITY ? 0.0f : std::exp(x[i] - mx);
-    sum += x[i];
-  }
-  return sum;
-}
-
-#if defined(__x86_64__)
-#define LOWBIT_AVX2 __attribute__((target("avx2,fma")))
-
-LOWBIT_AVX2 inline float hsum8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-}
-
-LOWBIT_AVX2 void scores_avx2(const float *qs, float qz, const float *codes, int g, int hd, float *out) {
-  if (hd == 64) {  // the query stays in registers
-    __m256 q0 = _mm256_loadu_ps(qs), q1 = _mm256_loadu_ps(qs + 8), q2 = _mm256_loadu_ps(qs + 16),
-           q3 = _mm256_loadu_ps(qs + 24), q4 = _mm256_loadu_ps(qs + 32), q5 = _mm256_loadu_ps(qs + 40),
-           q6 = _mm256_loadu_ps(qs + 48), q7 = _mm256_loadu_ps(qs + 56);
+void scores_scalar(const float *q, int rows, const float *kd, int g, int hd, float *p, int64_t ldp) {
+  for (int r = 0; r < rows; ++r)
     for (int j = 0; j < g; ++j) {
-      const float *k = codes + (size_t)j * 64;
-      __m256 a = _mm256_mul_ps(q0, _mm256_loadu_ps(k));
-      __m256 b = _mm256_mul_ps(q1, _mm256_loadu_ps(k + 8));
-      a = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k + 16), a);
-      b = _mm256_fmadd_ps(q3, _mm256_loadu_ps(k + 24), b);
-      a = _mm256_fmadd_ps(q4, _mm256_loadu_ps(k + 32), a);
-      b = _mm256_fmadd_ps(q5, _mm256_loadu_ps(k + 40), b);
-      a = _mm256_fmadd_ps(q6, _mm256_loadu_ps(k + 48), a);
-      b = _mm256_fmadd_ps(q7, _mm256_loadu_ps(k + 56), b);
-      out[j] = hsum8(_mm256_add_ps(a, b)) + qz;
+      float d = 0;
+      for (int c = 0; c < hd; ++c) d += q[(size_t)r * hd + c] * kd[(size_t)c * g + j];
+      p[(size_t)r * ldp + j] = d;
     }
-    return;
-  }
-  for (int j = 0; j < g; ++j) {
-    const float *k = codes + (size_t)j * hd;
-    __m256 a = _mm256_setzero_ps();
-    for (int c = 0; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c), _mm256_loadu_ps(k + c), a);
-    out[j] = hsum8(a) + qz;
-  }
 }
 
-LOWBIT_AVX2 void values_avx2(const float *w, const float *codes, int g, int hd, int vg, float *acc) {
-  const int nvg = hd / vg;
-  for (int c0 = 0; c0 < hd; c0 += 64) {  // 64 channels of accumulators in registers
-    const int nc = std::min(64, hd - c0) / 8;
-    __m256 a[8];
-    for (int i = 0; i < nc; ++i) a[i] = _mm256_loadu_ps(acc + c0 + 8 * i);
-    for (int j = 0; j < g; ++j) {
-      const float *v = codes + (size_t)j * hd + c0;
-      const float *wj = w + (size_t)j * nvg;
-      if (nvg == 1) {
-        const __m256 ww = _mm256_set1_ps(wj[0]);
-        for (int i = 0; i < nc; ++i) a[i] = _mm256_fmadd_ps(ww, _mm256_loadu_ps(v + 8 * i), a[i]);
-      } else {
-        for (int i = 0; i < nc; ++i)
-          a[i] = _mm256_fmadd_ps(_mm256_set1_ps(wj[(c0 + 8 * i) / vg]), _mm256_loadu_ps(v + 8 * i), a[i]);
-      }
-    }
-    for (int i = 0; i < nc; ++i) _mm256_storeu_ps(acc + c0 + 8 * i, a[i]);
-  }
+void values_scalar(const float *p, int64_t ldp, int rows, const float *vd, int g, int hd, float *acc) {
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < g; ++j)
+      for (int c = 0; c < hd; ++c) acc[(size_t)r * hd + c] += p[(size_t)r * ldp + j] * vd[(size_t)j * hd + c];
 }
 
-// Unpack one token's codes: each 32-bit word holds 16 two-bit (32 one-bit)
-// codes, channel c at bit c * bits.
-LOWBIT_AVX2 void unpack_avx2(const uint8_t *codes, int bits, int head_dim, float *out) {
-  if (head_dim % 32 != 0) return unpack_codes(codes, bits, head_dim, out);  // whole words only
-  const __m256i lo2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), three = _mm256_set1_epi32(3);
-  const __m256i sh1 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
-  const int per_word = 32 / bits;
-  for (int c = 0; c < head_dim; c += per_word) {
-    uint32_t word;
-    std::memcpy(&word, codes + c * bits / 8, 4);
-    const __m256i v = _mm256_set1_epi32((int)word);
-    if (bits == 2) {
-      _mm256_storeu_ps(out + c, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, lo2), three)));
-      const __m256i hi = _mm256_add_epi32(lo2, _mm256_set1_epi32(16));
-      _mm256_storeu_ps(out + c + 8, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, hi), three)));
-    } else {
-      for (int i = 0; i < 4; ++i) {
-        const __m256i sh = _mm256_add_epi32(sh1, _mm256_set1_epi32(8 * i));
-        _mm256_storeu_ps(out + c + 8 * i, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, sh), one)));
-      }
-    }
-  }
-}
-
-// exp on 8 lanes (Cephes polynomial, relative error ~1e-7).
-LOWBIT_AVX2 inline __m256 exp8(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-88.3762626647949f));
-  __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-LOWBIT_AVX2 float exp_sum_avx2(float *x, int n, float mx) {
-  const __m256 m = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
-  __m256 sum = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(v, ninf, _CMP_EQ_OQ), exp8(_mm256_sub_ps(v, m)));
-    _mm256_storeu_ps(x + i, e);
-    sum = _mm256_add_ps(sum, e);
-  }
-  float s = hsum8(sum);
-  return s + exp_sum_scalar(x + i, n - i, mx);
-}
-#endif
-
-struct GroupKernels {
-  void (*unpack)(const uint8_t *, int, int, float *);
-  void (*scores)(const float *, float, const float *, int, int, float *);
-  void (*values)(const float *, const float *, int, int, int, float *);
-  float (*exp_sum)(float *, int, float);
-};
-
+const LowbitKernels kLowbitScalar = {"scalar", 1, decode_keys_scalar, decode_values_scalar, scores_scalar, values_scalar};
 std::atomic<bool> g_force_scalar{false};
 
-GroupKernels group_kernels() {
-#if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && !g_force_scalar.load(std::memory_order_relaxed))
-    return {unpack_avx2, scores_avx2, values_avx2, exp_sum_avx2};
-#endif
-  return {unpack_codes, scores_scalar, values_scalar, exp_sum_scalar};
+// True when any position in [first, first + n) is set in the skip bitset.
+bool any_skipped(const uint64_t *skip, int first, int n) {
+  if (!skip) return false;
+  for (int w = first >> 6; w <= (first + n - 1) >> 6; ++w) {
+    uint64_t bits = skip[w];
+    if (w == first >> 6) bits &= ~0ull << (first & 63);
+    if (w == (first + n - 1) >> 6 && ((first + n) & 63)) bits &= ~(~0ull << ((first + n) & 63));
+    if (bits) return true;
+  }
+  return false;
 }
 
 }  // namespace
+
+#if defined(__x86_64__)
+extern const LowbitKernels kLowbitW8, kLowbitW16;  // lowbit_avx2.cpp, lowbit_avx512.cpp
+#endif
+
+const LowbitKernels &lowbit_kernels(int g, int head_dim) {
+  if (g_force_scalar.load(std::memory_order_relaxed)) return kLowbitScalar;
+#if defined(__x86_64__)
+  // Follow the quant kernel set chosen for this CPU (and SPECODE_KERNELS). The
+  // vector loops decode whole 32-bit words of codes per key channel (g) and
+  // per value group (min(g, head_dim)), and need whole vectors of channels.
+  const char *set = quant_kernel_set();
+  const bool a512 = !std::strcmp(set, "avx512"), a2 = a512 || !std::strcmp(set, "avx2");
+  const bool words = g % 32 == 0 && std::min(g, head_dim) % 32 == 0;
+  if (a512 && words && head_dim % 16 == 0) return kLowbitW16;
+  if (a2 && words && head_dim % 8 == 0) return kLowbitW8;
+#endif
+  return kLowbitScalar;
+}
 
 void lowbit_force_scalar(bool on) { g_force_scalar.store(on); }
 
@@ -344,38 +253,23 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   const int g = cfg.group, HD = cfg.head_dim, bits = cfg.bits, vg = s.vgroup_, nvg = HD / vg;
   const int n = t1 - t0;
   assert(t0 % g == 0 && t1 % g == 0 && t1 <= s.n_);
-  const GroupKernels kern = group_kernels();
-  scratch.qs.resize(HD);
-  scratch.codes.resize((size_t)g * HD);
-  scratch.kscale.resize(HD);
-  scratch.kzero.resize(HD);
-  scratch.weights.resize((size_t)g * nvg);
-  scratch.vparams.resize((size_t)g * nvg * 2);
-  scratch.zacc.resize((size_t)n_rows * nvg);
-  float *qs = scratch.qs.data(), *codes = scratch.codes.data(), *ks = scratch.kscale.data(), *kz = scratch.kzero.data();
-  float *w = scratch.weights.data(), *vsz = scratch.vparams.data(), *zacc = scratch.zacc.data();
+  const LowbitKernels &kern = lowbit_kernels(g, HD);
+  scratch.decoded.resize((size_t)g * HD);
+  float *dec = scratch.decoded.data();
 
-  // Scores, key group by key group: q·k = (q∘scale)·code + q·zero. The
-  // group's codes are unpacked once for all rows.
+  // Scores, key group by key group, from the group decoded once for all rows.
   for (int group = t0 / g; group < t1 / g; ++group) {
-    for (int c = 0; c < HD; ++c) {
-      ks[c] = f16(s.kscale_[(size_t)group * HD + c]);
-      kz[c] = f16(s.kzero_[(size_t)group * HD + c]);
-    }
     const int first = group * g;
-    for (int j = 0; j < g; ++j)
-      kern.unpack(&s.kcodes_[(size_t)(first + j) * s.row_bytes_], bits, HD, codes + (size_t)j * HD);
-    for (int r = 0; r < n_rows; ++r) {
-      const float *qr = q + (size_t)r * HD;
-      for (int c = 0; c < HD; ++c) qs[c] = qr[c] * ks[c];
-      kern.scores(qs, dot_f32(qr, kz, HD), codes, g, HD, p + (size_t)r * n + (first - t0));
-    }
-    if (skip)
+    kern.decode_keys(s.key_codes(group, 0), bits, g, HD, &s.kscale_[(size_t)group * HD], &s.kzero_[(size_t)group * HD], dec);
+    kern.scores(q, n_rows, dec, g, HD, p + (first - t0), n);
+    if (any_skipped(skip, first, g))
       for (int j = 0; j < g; ++j)
         if (skipped(skip, first + j))
           for (int r = 0; r < n_rows; ++r) p[(size_t)r * n + (first - t0) + j] = -INFINITY;
   }
-  // Softmax piece per row.
+  // Softmax piece per row; skipped positions get exactly 0.
+  const attn::AttnKernels &ak = attn::kernels_for(HD);
+  const bool any_skip = any_skipped(skip, t0, n);
   for (int r = 0; r < n_rows; ++r) {
     float *pr = p + (size_t)r * n;
     float mx = -INFINITY;
@@ -384,42 +278,28 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
       std::fill(pr, pr + n, 0.0f);
       l[r] = 0;
     } else {
-      l[r] = kern.exp_sum(pr, n, mx);
+      float sum = ak.exp_sum(pr, n, mx);
+      if (any_skip)
+        for (int j = 0; j < n; ++j)
+          if (skipped(skip, t0 + j)) {
+            sum -= pr[j];
+            pr[j] = 0.0f;
+          }
+      l[r] = sum;
     }
     m[r] = mx;
   }
-  // Values: Σ_j p_j (scale_j·code_j + zero_j) per value group, group of
-  // tokens by group (skipped tokens have p = 0).
+  // Values: Σ_j p_j v_j over each decoded group (skipped tokens have p = 0).
   std::memset(acc, 0, (size_t)n_rows * HD * sizeof(float));
-  std::memset(zacc, 0, (size_t)n_rows * nvg * sizeof(float));
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
-    for (int j = 0; j < g; ++j) {
-      const size_t tok = (size_t)first + j;
-      kern.unpack(&s.vcodes_[tok * s.row_bytes_], bits, HD, codes + (size_t)j * HD);
-      for (int gi = 0; gi < nvg; ++gi) {
-        vsz[((size_t)j * nvg + gi) * 2] = f16(s.vscale_[tok * nvg + gi]);
-        vsz[((size_t)j * nvg + gi) * 2 + 1] = f16(s.vzero_[tok * nvg + gi]);
-      }
-    }
-    for (int r = 0; r < n_rows; ++r) {
-      const float *pr = p + (size_t)r * n + (first - t0);
-      float *zr = zacc + (size_t)r * nvg;
-      for (int gi = 0; gi < nvg; ++gi) {
-        float z = 0;  // a local sum: no store-to-load chain through zr
-        for (int j = 0; j < g; ++j) {
-          w[(size_t)j * nvg + gi] = pr[j] * vsz[((size_t)j * nvg + gi) * 2];
-          z += pr[j] * vsz[((size_t)j * nvg + gi) * 2 + 1];
-        }
-        zr[gi] += z;
-      }
-      kern.values(w, codes, g, HD, vg, acc + (size_t)r * HD);
-    }
+    kern.decode_values(&s.vcodes_[(size_t)first * s.row_bytes_], bits, g, HD, vg, &s.vscale_[(size_t)first * nvg],
+                       &s.vzero_[(size_t)first * nvg], dec);
+    kern.values(p + (first - t0), n, n_rows, dec, g, HD, acc);
   }
   for (int r = 0; r < n_rows; ++r) {
     const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
-    for (int c = 0; c < HD; ++c)
-      acc[(size_t)r * HD + c] = (acc[(size_t)r * HD + c] + zacc[(size_t)r * nvg + c / vg]) * inv;
+    for (int c = 0; c < HD; ++c) acc[(size_t)r * HD + c] *= inv;
   }
 }
 

@@ -10,13 +10,14 @@
 // code = clamp(floor((x - zero)/scale + 1/2), 0, 2^bits - 1) with the fp16
 // scale and zero; every group stores its scale and zero in fp16.
 //
-// Score from codes, per key group and query row q (channels c):
-//   q·k_j = Σ_c (q_c·scale_c)·code_jc + Σ_c q_c·zero_c,
-// so q_c·scale_c and Σ q_c·zero_c are computed once per group; per token only
-// the 2-bit (1-bit) codes are read. Values likewise: Σ_j p_j v_j =
-// Σ_j (p_j·scale_j)·code_j + Σ_j p_j·zero_j per channel group.
+// Attention from codes (lowbit_attend): one group of g tokens at a time is
+// decoded (code·scale + zero, fp32) into an L1-sized buffer that every query
+// row of the call reads — keys channel-major, so scores are a register-blocked
+// outer product; values token-major. Only the group in flight is ever decoded;
+// the cache is read as 1-2-bit codes. Kernels per SIMD width: lowbit_kernels.h.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -61,7 +62,14 @@ class LowbitStream {
   int vgroup_ = 0;     // channels per value group
   int row_bytes_ = 0;  // packed codes of one token: head_dim * bits / 8
   int n_ = 0;
-  std::vector<uint8_t> kcodes_;           // [n][row_bytes], channel c at bit (c % (8/bits)) * bits of byte c / (8/bits)
+  // Packed codes, LSB first, 8/bits to a byte. Keys channel-major within a
+  // group (per group [head_dim][g], what a per-channel group reads), values
+  // token-major ([n][head_dim]).
+  uint8_t *key_codes(int group, int c) { return &kcodes_[((size_t)group * cfg_.head_dim + c) * cfg_.group * cfg_.bits / 8]; }
+  const uint8_t *key_codes(int group, int c) const {
+    return &kcodes_[((size_t)group * cfg_.head_dim + c) * cfg_.group * cfg_.bits / 8];
+  }
+  std::vector<uint8_t> kcodes_;           // [n / g][head_dim][g * bits / 8]
   std::vector<uint16_t> kscale_, kzero_;  // [n / group][head_dim] fp16
   std::vector<uint8_t> vcodes_;           // [n][row_bytes]
   std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16
@@ -69,12 +77,7 @@ class LowbitStream {
 
 // Per-thread work space for lowbit_attend (grows on demand).
 struct LowbitScratch {
-  std::vector<float> qs;             // [head_dim]          q_c * scale_c, one row, current key group
-  std::vector<float> codes;          // [group][head_dim]   the current group's codes as floats
-  std::vector<float> kscale, kzero;  // [head_dim]          the current key group's scales and zeros
-  std::vector<float> weights;        // [group][head_dim / vgroup]  p_j * value scale
-  std::vector<float> vparams;        // [group][head_dim / vgroup][2]  value scale, zero
-  std::vector<float> zacc;           // [n_rows][head_dim / vgroup]  Σ p_j * value zero
+  std::vector<float> decoded;  // [group * head_dim]: the current group, decoded (keys [c][j], values [j][c])
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the
