@@ -58,6 +58,8 @@ struct AttnKernels {
   void (*silu_mul)(const float *gate, const float *up, float *out, int64_t n);
   // x[i] = e^(x[i] - mx) over a row; returns Σ x[i] (softmax numerators).
   float (*exp_sum)(float *x, int64_t n, float mx);
+  // max over x[0..n) (-inf when n is 0).
+  float (*max)(const float *x, int64_t n);
 };
 
 // The widest kernels the current kernel set allows for this head size.

@@ -221,9 +221,22 @@ float exp_sum(float *x, int64_t n, float mx) {
   return s;
 }
 
+// max over x[0..n) (-inf when n is 0).
+float max_of(const float *x, int64_t n) {
+  vf m = splat(-INFINITY);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const vf v = ld(x + i);
+    m = v > m ? v : m;
+  }
+  float r = hmax(m);
+  for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+  return r;
+}
+
 }  // namespace
 
-extern const AttnKernels ATTN_NAME = {ATTN_LABEL, W, load_f16, load_f32, update, silu_mul, exp_sum};
+extern const AttnKernels ATTN_NAME = {ATTN_LABEL, W, load_f16, load_f32, update, silu_mul, exp_sum, max_of};
 
 }  // namespace attn
 }  // namespace specode

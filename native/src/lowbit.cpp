@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cassert>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "attention.h"
@@ -227,8 +228,23 @@ bool any_skipped(const uint64_t *skip, int first, int n) {
 }  // namespace
 
 #if defined(__x86_64__)
-extern const LowbitKernels kLowbitW8, kLowbitW16;  // lowbit_avx2.cpp, lowbit_avx512.cpp
+extern const LowbitKernels kLowbitW8, kLowbitW16, kLowbitW16Bf16;  // lowbit_avx2.cpp, lowbit_avx512.cpp, lowbit_avx512bf16.cpp
 #endif
+static std::atomic<bool> g_force_fp32{false};
+
+// bf16 dot products unless the CPU lacks them, SPECODE_LOWBIT=fp32, or a test forces fp32.
+static bool bf16_allowed() {
+#if defined(__x86_64__)
+  static const bool cpu = __builtin_cpu_supports("avx512bf16") != 0;
+  static const bool env_off = [] {
+    const char *e = std::getenv("SPECODE_LOWBIT");
+    return e && !std::strcmp(e, "fp32");
+  }();
+  return cpu && !env_off && !g_force_fp32.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
 
 const LowbitKernels &lowbit_kernels(int g, int head_dim) {
   if (g_force_scalar.load(std::memory_order_relaxed)) return kLowbitScalar;
@@ -239,6 +255,7 @@ const LowbitKernels &lowbit_kernels(int g, int head_dim) {
   const char *set = quant_kernel_set();
   const bool a512 = !std::strcmp(set, "avx512"), a2 = a512 || !std::strcmp(set, "avx2");
   const bool words = g % 32 == 0 && std::min(g, head_dim) % 32 == 0;
+  if (a512 && words && head_dim % 32 == 0 && bf16_allowed()) return kLowbitW16Bf16;
   if (a512 && words && head_dim % 16 == 0) return kLowbitW16;
   if (a2 && words && head_dim % 8 == 0) return kLowbitW8;
 #endif
@@ -246,6 +263,7 @@ const LowbitKernels &lowbit_kernels(int g, int head_dim) {
 }
 
 void lowbit_force_scalar(bool on) { g_force_scalar.store(on); }
+void lowbit_force_fp32(bool on) { g_force_fp32.store(on); }
 
 void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_rows, const uint64_t *skip, float *p,
                    float *m, float *l, float *acc, LowbitScratch &scratch) {
@@ -272,8 +290,7 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   const bool any_skip = any_skipped(skip, t0, n);
   for (int r = 0; r < n_rows; ++r) {
     float *pr = p + (size_t)r * n;
-    float mx = -INFINITY;
-    for (int j = 0; j < n; ++j) mx = std::max(mx, pr[j]);
+    const float mx = ak.max(pr, n);
     if (mx == -INFINITY) {
       std::fill(pr, pr + n, 0.0f);
       l[r] = 0;

@@ -93,6 +93,8 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
 
 // Tests: use the scalar inner loops even where AVX2 is available.
 void lowbit_force_scalar(bool on);
+// Tests: keep the vector kernels in fp32 (no bf16 dot products).
+void lowbit_force_fp32(bool on);
 
 // Merges the split-softmax piece (m_b, l_b, acc_b) into (m_a, l_a, acc_a):
 // m the pieces' max score, l = Σ exp(score - m), acc the piece's normalized

@@ -1,6 +1,7 @@
 // lowbit_body.h — lowbit_attend's inner loops at one SIMD width. Included by
 // lowbit_avx2.cpp (LOWBIT_W 8) and lowbit_avx512.cpp (16) with their ISA
-// flags; LOWBIT_NAME names the exported LowbitKernels table.
+// flags; LOWBIT_NAME names the exported LowbitKernels table. lowbit_avx512bf16.cpp
+// includes it with LOWBIT_NO_TABLE for the fp32 decoders only.
 //
 // Scores: a group's keys are decoded channel-major, so a vector holds W tokens
 // of one channel and Q·Kᵀ is a register-blocked outer product — RB query rows
@@ -15,8 +16,8 @@
 
 #include "lowbit_kernels.h"
 
-#if !defined(LOWBIT_W) || !defined(LOWBIT_NAME)
-#error "define LOWBIT_W and LOWBIT_NAME before including lowbit_body.h"
+#if !defined(LOWBIT_W) || (!defined(LOWBIT_NAME) && !defined(LOWBIT_NO_TABLE))
+#error "define LOWBIT_W and LOWBIT_NAME (or LOWBIT_NO_TABLE) before including lowbit_body.h"
 #endif
 
 namespace specode {
@@ -165,7 +166,9 @@ void values(const float *p, int64_t ldp, int rows, const float *vd, int g, int h
 
 }  // namespace
 
+#ifndef LOWBIT_NO_TABLE
 extern const LowbitKernels LOWBIT_NAME;
 const LowbitKernels LOWBIT_NAME = {W == 16 ? "w16" : "w8", W, decode_keys, decode_values, scores, values};
+#endif
 
 }  // namespace specode

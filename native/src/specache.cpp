@@ -90,6 +90,7 @@ void PagedKvCache::ensure_threads(int n) {
   scores_.resize(n);
   for (auto &s : scores_) s.resize(shape_.n_ctx);
   lowbit_scratch_.resize(n);
+  picks_.resize(n);
 }
 
 uint64_t PagedKvCache::bytes() const {

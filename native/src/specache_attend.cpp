@@ -181,35 +181,77 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
   // Top-k of the select row (GQA: mean of the group's probabilities) among
   // the positions that will be in the low-bit copy at the next step: the
   // quantized ones, plus the residual when it is full (the next append
-  // quantizes it).
+  // quantizes it). In parallel over position ranges (each low-bit task's, and
+  // the residual's): each range sums its mean probabilities and keeps its own
+  // top k; the heads' candidates are then merged. Candidates are in position
+  // order and select_topk breaks ties by lower index, so the choice is the
+  // one a single pass over all positions makes.
   const int n_cand = nq + (nr == R ? R : 0);
-  avg_.resize(std::max<size_t>(avg_.size(), (size_t)std::max(1, n_cand)));
-  copies_[layer].clear();
-  ti0 = 0;
-  for (int h = 0; h < NKV; ++h) {
-    std::fill(avg_.begin(), avg_.begin() + n_cand, 0.0f);
-    for (int ti = ti0; ti < n_tasks && tasks_[ti].h == h; ++ti) {
-      const Task &task = tasks_[ti];
+  avg_.resize(std::max(avg_.size(), (size_t)NKV * std::max(1, n_cand)));
+  ranges_.clear();
+  for (int ti = 0; ti < n_tasks; ++ti)
+    if (tasks_[ti].lowbit) ranges_.push_back({tasks_[ti].h, tasks_[ti].t0, tasks_[ti].t1, ti});
+    else if (nr == R) ranges_.push_back({tasks_[ti].h, nq, nq + R, ti});
+  const int n_ranges = (int)ranges_.size(), kk = std::max(1, K);
+  range_pos_.resize((size_t)n_ranges * kk);
+  range_score_.resize((size_t)n_ranges * kk);
+  range_n_.resize(n_ranges);
+  auto factor = [&](int ti, int h, int hq) {
+    const float mt = part_m_[(size_t)ti * rows + sel0 + hq], M = sel_m[(size_t)h * G + hq];
+    return mt == -INFINITY ? 0.0f : std::exp(mt - M) / (sel_l[(size_t)h * G + hq] * G);
+  };
+  std::atomic<int> next_range{0};
+  pool.run([&](int ith, int) {
+    for (int ri; (ri = next_range.fetch_add(1, std::memory_order_relaxed)) < n_ranges;) {
+      const Range &rg = ranges_[ri];
+      const int h = rg.h, len = rg.t1 - rg.t0;
+      float *avg = &avg_[(size_t)h * n_cand + rg.t0];
+      std::fill(avg, avg + len, 0.0f);
+      if (tasks_[rg.task].lowbit)
+        for (int hq = 0; hq < G; ++hq) {
+          const float fh = factor(rg.task, h, hq);
+          if (fh == 0.0f) continue;
+          const float *e = &sel_e_[((size_t)h * G + hq) * shape_.n_ctx + rg.t0];
+          for (int j = 0; j < len; ++j) avg[j] += fh * e[j];
+        }
+      // The fp16 task's rows that fall in this range: fetched rows, then the residual.
+      int fp16_task = rg.task;
+      while (tasks_[fp16_task].lowbit) ++fp16_task;
+      const int32_t *held = pre_pos(layer, h);
+      const int n_held = pre_n_[lh(layer, h)];
       for (int hq = 0; hq < G; ++hq) {
-        const float mt = part_m_[(size_t)ti * rows + sel0 + hq], M = sel_m[(size_t)h * G + hq];
-        if (mt == -INFINITY) continue;
-        const float f = std::exp(mt - M) / (sel_l[(size_t)h * G + hq] * G);
-        if (task.lowbit) {
-          const float *e = &sel_e_[((size_t)h * G + hq) * shape_.n_ctx];
-          for (int j = task.t0; j < task.t1; ++j) avg_[j] += f * e[j];
-        } else {
-          const float *fe = &fetched_e_[((size_t)h * G + hq) * std::max(1, K)];
-          const int32_t *held = pre_pos(layer, h);
-          for (int i = 0; i < pre_n_[lh(layer, h)]; ++i) avg_[held[i]] += f * fe[i];
-          if (nr == R) {
-            const float *re = &resid_e_[((size_t)h * G + hq) * R];
-            for (int i = 0; i < R; ++i) avg_[nq + i] += f * re[i];
-          }
+        const float fh = factor(fp16_task, h, hq);
+        if (fh == 0.0f) continue;
+        const float *fe = &fetched_e_[((size_t)h * G + hq) * kk];
+        for (int i = 0; i < n_held; ++i)
+          if (held[i] >= rg.t0 && held[i] < rg.t1) avg[held[i] - rg.t0] += fh * fe[i];
+        if (nr == R && rg.t1 > nq) {
+          const float *re = &resid_e_[((size_t)h * G + hq) * R];
+          for (int i = std::max(nq, rg.t0); i < rg.t1; ++i) avg[i - rg.t0] += fh * re[i - nq];
         }
       }
+      std::vector<int32_t> &pick = picks_[ith];
+      pick.resize(kk);
+      const int got = select_topk(avg, len, K, pick.data());
+      range_n_[ri] = got;
+      for (int i = 0; i < got; ++i) {
+        range_pos_[(size_t)ri * kk + i] = rg.t0 + pick[i];
+        range_score_[(size_t)ri * kk + i] = avg[pick[i]];
+      }
     }
-    while (ti0 < n_tasks && tasks_[ti0].h == h) ++ti0;
-    const int count = select_topk(avg_.data(), n_cand, K, chosen_.data());
+  });
+  copies_[layer].clear();
+  for (int h = 0; h < NKV; ++h) {
+    cand_pos_.clear();
+    cand_score_.clear();
+    for (int ri = 0; ri < n_ranges; ++ri)
+      if (ranges_[ri].h == h)
+        for (int i = 0; i < range_n_[ri]; ++i) {
+          cand_pos_.push_back(range_pos_[(size_t)ri * kk + i]);
+          cand_score_.push_back(range_score_[(size_t)ri * kk + i]);
+        }
+    const int count = select_topk(cand_score_.data(), (int)cand_score_.size(), K, chosen_.data());
+    for (int i = 0; i < count; ++i) chosen_[i] = cand_pos_[chosen_[i]];
     set_fetched(layer, h, chosen_.data(), count);
     for (int i = 0; i < count; ++i) {
       copies_[layer].push_back({pre_k(layer, h, i), pages_->seq_k_row(seq_, layer, h, chosen_[i])});

@@ -196,8 +196,18 @@ class PagedKvCache final : public KvCache {
   std::vector<float> part_m_, part_l_, part_acc_;  // [task][rows](+[head_dim])
   std::vector<float> sel_e_;                 // [n_head_kv][G][n_ctx] select row's exp(score - m_task), low-bit part
   std::vector<float> fetched_e_, resid_e_;   // [n_head_kv][G][topk], [n_head_kv][G][R]: the same for fp16 rows
-  std::vector<float> avg_;                   // [n_ctx] mean attention over the group (selection)
+  std::vector<float> avg_;                   // [n_head_kv][candidates] mean attention over the group (selection)
   std::vector<int32_t> chosen_;              // [topk]
+  struct Range {
+    int h, t0, t1, task;                     // positions [t0, t1) of KV head h; task: their low-bit task (or the fp16 one)
+  };
+  std::vector<Range> ranges_;
+  std::vector<int32_t> range_pos_;           // [range][topk] each range's own top-k positions (ascending)
+  std::vector<float> range_score_;           // [range][topk] and their mean probabilities
+  std::vector<int> range_n_;
+  std::vector<std::vector<int32_t>> picks_;  // [thread][topk]
+  std::vector<int32_t> cand_pos_;            // one head's candidates, in position order
+  std::vector<float> cand_score_;
 
   // Totals.
   uint64_t fetch_bytes_ = 0, stall_ns_ = 0, overlap_samples_ = 0, reused_ = 0;

@@ -22,6 +22,7 @@
 
 #include "baselines.h"
 #include "kv_cache.h"
+#include "lowbit.h"
 #include "quant.h"
 #include "specode.h"
 #include "testing.h"
@@ -172,6 +173,13 @@ const KvShape kShape{2, 4, 2, 64, 1024};  // 2 layers, GQA 4:2, head_dim 64
 }  // namespace
 
 // ---- streamingllm -----------------------------------------------------------
+
+// The KIVI tests compare with attention over the decoded rows at 1e-4: keep
+// the low-bit kernels in fp32 (the bf16 ones are bounded in test_lowbit.cpp).
+struct Fp32Lowbit {
+  Fp32Lowbit() { specode::lowbit_force_fp32(true); }
+  ~Fp32Lowbit() { specode::lowbit_force_fp32(false); }
+};
 
 TEST(baselines_streamingllm_keeps_sinks_and_window) {
   ThreadPool pool(2);
@@ -393,6 +401,7 @@ TEST(baselines_kivi_equals_full_while_everything_is_residual) {
 }
 
 TEST(baselines_kivi_dequant_error_and_split_softmax) {
+  const Fp32Lowbit exact_kernels;
   ThreadPool pool(2);
   const KvShape sh{2, 4, 2, 64, 1024};
   const int hd = sh.head_dim, nh = sh.n_head;
@@ -496,6 +505,7 @@ TEST(baselines_kivi_dequant_error_and_split_softmax) {
 }
 
 TEST(baselines_kivi_long_context_split_over_threads) {
+  const Fp32Lowbit exact_kernels;
   // 2.4k tokens of codes split into chunks across 4 threads, merged by
   // log-sum-exp: the same as attention over the decoded rows, for any pool.
   const KvShape sh{1, 4, 2, 64, 2600};
@@ -535,6 +545,7 @@ TEST(baselines_kivi_long_context_split_over_threads) {
 }
 
 TEST(baselines_kivi_truncate_into_the_codes) {
+  const Fp32Lowbit exact_kernels;
   ThreadPool pool(2);
   const KvShape sh{1, 4, 2, 64, 1024};
   const int hd = sh.head_dim;

@@ -2,10 +2,13 @@
 // code clamping, the bytes it holds, and attention computed from the codes
 // against attention over the dequantized rows.
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "lowbit.h"
+#include "lowbit_kernels.h"
 #include "testing.h"
 
 using specode::LowbitConfig;
@@ -144,11 +147,24 @@ TEST(lowbit_bytes_per_token) {
   CHECK(s.bytes() == 64 * 40 && s.size() == 64);
 }
 
+// x rounded to the nearest bf16 (ties to even), as vcvtne2ps2bf16 does.
+static float bf16_round(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
 TEST(lowbit_attention_from_codes_matches_dequantized) {
-  for (bool scalar : {true, false})
+  // Every inner-loop set this CPU has: scalar, fp32 vectors (AVX2/AVX-512), and
+  // bf16 dot products (AVX-512 BF16), which round q, k, p and v to 8 mantissa bits.
+  for (int mode : {0, 1, 2})
   for (int bits : {1, 2})
     for (int g : {32, 64}) {
-      specode::lowbit_force_scalar(scalar);  // both inner-loop sets (AVX2 where the CPU has it)
+      specode::lowbit_force_scalar(mode == 0);
+      specode::lowbit_force_fp32(mode == 1);
+      const bool bf16 = !std::strcmp(specode::lowbit_kernels(g, 64).name, "w16-bf16");
       const int HD = 64, n = 6 * 64, rows = 5;
       LowbitStream s(LowbitConfig{HD, bits, g});
       auto k = kv_rows(n, HD, 11 * bits + g), v = kv_rows(n, HD, 5 + g);
@@ -177,6 +193,15 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
       // Reference: ordinary attention over the dequantized rows.
       std::vector<float> kd((size_t)n * HD), vd((size_t)n * HD);
       s.dequantize(0, n, kd.data(), vd.data());
+      // bf16 kernels: the scores are exact dot products of q and k rounded to
+      // bf16; p and v are rounded too, which moves the output by at most
+      // 2^-8 of the largest |v| (two roundings of 2^-9 each).
+      double vmax = 0;
+      for (float x : vd) vmax = std::fmax(vmax, std::fabs(x));
+      if (bf16) {
+        for (auto &x : q) x = bf16_round(x);
+        for (auto &x : kd) x = bf16_round(x);
+      }
       double worst = 0, worst_p = 0;
       for (int r = 0; r < rows; ++r) {
         std::vector<double> prob(n, 0.0);
@@ -205,8 +230,10 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
           worst_p = std::fmax(worst_p, std::fabs(got - prob[j] / sum));
         }
       }
-      CHECK(worst < 1e-4);
+      if (bf16) std::printf("    bf16 %d-bit g %d: output error %.2e, probability error %.2e\n", bits, g, worst, worst_p);
+      CHECK(worst < (bf16 ? vmax / 256 + 1e-4 : 1e-4));
       CHECK(worst_p < 1e-5);
     }
   specode::lowbit_force_scalar(false);
+  specode::lowbit_force_fp32(false);
 }

@@ -95,6 +95,21 @@ test('real server over stdio: index, complete, ask (streamed, cited), cancel, ba
     assert.ok(status.figures.kvTokens! > 0);
     assert.equal(status.pid, proc.pid);
     assert.ok(statuses.some((s) => s.state === 'loading') && statuses.some((s) => s.state === 'indexing'));
+    assert.ok(status.figures.engine!.deviceLowbitBytes > 0, 'specache keeps a low-bit copy');
+
+    // Switching the KV policy reopens the engine inside the same server process: no restart.
+    for (const kvPolicy of ['full', 'streamingllm'] as const) {
+      const re = await conn.sendRequest(Configure, { model: model!, backend: 'cpu', deviceBudgetMiB: 0, contextTokens: 2048, kvPolicy, kvBits: 2, topK: 64 });
+      assert.equal(re.reopen, true, `switching to ${kvPolicy} reopens the engine`);
+      const c = await conn.sendRequest(Complete, { path: 'src/util/math.ts', languageId: 'typescript', prefix: 'export function square(x: number): number {\n  return', suffix: '\n}\n' });
+      assert.ok(c.promptTokens > 100, `${kvPolicy}: the completion ran over the repo context`);
+      const s = await conn.sendRequest(GetStatus);
+      assert.equal(s.pid, proc.pid, 'the same server process');
+      assert.equal(s.kvPolicy, kvPolicy);
+      assert.equal(s.state, 'ready');
+      assert.equal(s.figures.engine!.deviceLowbitBytes, 0, `${kvPolicy} keeps no low-bit copy`);
+      if (kvPolicy === 'full') assert.ok(s.figures.engine!.deviceKvBytes >= s.figures.engine!.fp16KvBytes, 'full compresses nothing');
+    }
   } catch (e) {
     console.error(stderr());
     throw e;

@@ -4,8 +4,11 @@ import { basename, resolve } from 'node:path';
 import { collectRepoFiles, type RepoFile } from '../context/repo';
 import { fitToBudget, orderByStability } from '../context/prompt';
 import { Session } from '../engine/session';
+import { UserError } from '../errors';
 import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
 import type { FlagSpec } from './args';
+
+const CLI_POLICIES = ['specache', 'specache-sync', 'full', 'offload-all', 'tailorkv', 'gear', 'kvmerger', 'h2o', 'streamingllm', 'kivi'] as const;
 
 export const MODEL_FLAGS: Record<string, FlagSpec> = {
   model: { type: 'string', help: 'model name (see specode model list) or path to a .gguf file', default: DEFAULT_MODEL },
@@ -13,13 +16,22 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   ctx: { type: 'number', help: 'context size in tokens', default: 8192 },
   'max-tokens': { type: 'number', help: 'most tokens to generate', default: 128 },
   temperature: { type: 'number', help: 'sampling temperature (0: greedy)', default: 0 },
+  policy: { type: 'string', help: `KV policy: ${CLI_POLICIES.join(', ')}`, default: 'specache' },
+  bits: { type: 'number', help: 'low-bit KV width for specache/kivi (1 or 2)', default: 2 },
+  topk: { type: 'number', help: 'rows fetched per layer and KV head each step (specache)', default: 64 },
 };
 
 export async function openSession(flags: Record<string, unknown>): Promise<Session> {
   const path = await resolveModelArg(String(flags.model ?? DEFAULT_MODEL));
+  const policy = String(flags.policy ?? 'specache') as (typeof CLI_POLICIES)[number];
+  if (!CLI_POLICIES.includes(policy)) throw new UserError(`unknown KV policy '${policy}'`, `use --policy with one of ${CLI_POLICIES.join(', ')}`);
+  const bits = Number(flags.bits ?? 2);
+  if (bits !== 1 && bits !== 2) throw new UserError(`--bits must be 1 or 2, not ${flags.bits}`, 'the low-bit copy is 1 or 2 bits per element');
+  const topk = Number(flags.topk ?? 64);
+  if (!Number.isInteger(topk) || topk < 1) throw new UserError(`--topk must be a positive whole number, not ${flags.topk}`, 'e.g. --topk 64');
   const t0 = performance.now();
-  const s = await Session.open(path, { nCtx: Number(flags.ctx) || 8192, threads: Number(flags.threads) || undefined });
-  process.stderr.write(`specode: ${s.info.name || basename(path)} (${s.info.arch}, ${s.info.fileType}) loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s\n`);
+  const s = await Session.open(path, { nCtx: Number(flags.ctx) || 8192, threads: Number(flags.threads) || undefined, policy, bits: bits as 1 | 2, topk });
+  process.stderr.write(`specode: ${s.info.name || basename(path)} (${s.info.arch}, ${s.info.fileType}) loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s, KV policy ${policy}${policy.startsWith('specache') || policy === 'kivi' ? ` ${bits}-bit` : ''}\n`);
   return s;
 }
 
