@@ -89,19 +89,14 @@ void scores_block(const uint32_t *qb, const uint32_t *kd, int g, int hd, float *
     for (int t = 0; t < TV; ++t) _mm512_storeu_ps(p + (size_t)r * ldp + t * 16, acc[r][t]);
 }
 
-template <int TV, int RB>
-void scores_rows(int rb, const uint32_t *qb, const uint32_t *kd, int g, int hd, float *p, int64_t ldp) {
-  if (rb == RB) return scores_block<TV, RB>(qb, kd, g, hd, p, ldp);
-  if constexpr (RB > 1) scores_rows<TV, RB - 1>(rb, qb, kd, g, hd, p, ldp);
-}
-
 template <int TV>
 void scores_tv(const uint32_t *qb, int rows, const uint32_t *kd, int g, int hd, float *p, int64_t ldp) {
   constexpr int RB = kAcc / TV;
   for (int j0 = 0; j0 < g; j0 += TV * 16)
     for (int r0 = 0; r0 < rows; r0 += RB)
-      scores_rows<TV, RB>(std::min(RB, rows - r0), qb + (size_t)r0 * (hd / 2), kd + j0, g, hd,
-                          p + (size_t)r0 * ldp + j0, ldp);
+      with_rows<RB>(std::min(RB, rows - r0), [&](auto R) {
+        scores_block<TV, decltype(R)::value>(qb + (size_t)r0 * (hd / 2), kd + j0, g, hd, p + (size_t)r0 * ldp + j0, ldp);
+      });
 }
 
 // hd is a multiple of 32 and g of 16 (lowbit.cpp checks).
@@ -132,31 +127,18 @@ void values_block(const uint32_t *pb, int ldpb, const uint32_t *vd, int g, int h
     for (int v = 0; v < CV; ++v) _mm512_storeu_ps(acc + (size_t)r * hd + v * 16, a[r][v]);
 }
 
-template <int CV, int RB>
-void values_rows(int rb, const uint32_t *pb, int ldpb, const uint32_t *vd, int g, int hd, float *acc) {
-  if (rb == RB) return values_block<CV, RB>(pb, ldpb, vd, g, hd, acc);
-  if constexpr (RB > 1) values_rows<CV, RB - 1>(rb, pb, ldpb, vd, g, hd, acc);
-}
-
-template <int CV>
-void values_cv(const uint32_t *pb, int ldpb, int rows, const uint32_t *vd, int g, int hd, float *acc) {
-  constexpr int RB = std::min(12, kAcc / CV);
-  for (int r0 = 0; r0 < rows; r0 += RB)
-    values_rows<CV, RB>(std::min(RB, rows - r0), pb + (size_t)r0 * ldpb, ldpb, vd, g, hd, acc + (size_t)r0 * hd);
-}
-
 void values_bf16(const float *p, int64_t ldp, int rows, const float *vd, int g, int hd, float *acc) {
   const int ldpb = g / 2;
   uint32_t *pb = bf16_tmp((size_t)rows * ldpb).data();
   for (int r = 0; r < rows; ++r) to_bf16(p + (size_t)r * ldp, g, pb + (size_t)r * ldpb);
   const uint32_t *v = reinterpret_cast<const uint32_t *>(vd);
-  for (int c0 = 0; c0 < hd;) {
-    const int left = (hd - c0) / 16, cv = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    if (cv == 4) values_cv<4>(pb, ldpb, rows, v + c0, g, hd, acc + c0);
-    else if (cv == 2) values_cv<2>(pb, ldpb, rows, v + c0, g, hd, acc + c0);
-    else values_cv<1>(pb, ldpb, rows, v + c0, g, hd, acc + c0);
-    c0 += cv * 16;
-  }
+  over_channel_vectors(hd, [&](auto CV, int c0) {
+    constexpr int cv = decltype(CV)::value, RB = std::min(12, kAcc / cv);
+    for (int r0 = 0; r0 < rows; r0 += RB)
+      with_rows<RB>(std::min(RB, rows - r0), [&](auto R) {
+        values_block<cv, decltype(R)::value>(pb + (size_t)r0 * ldpb, ldpb, v + c0, g, hd, acc + (size_t)r0 * hd + c0);
+      });
+  });
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "lowbit_kernels.h"
 
@@ -44,6 +45,26 @@ inline vf ld(const float *p) {
 }
 inline void st(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// f(std::integral_constant<int, rb>{}) for 1 <= rb <= RB: a run-time row
+// count becomes the compile-time block size of a register-blocked kernel.
+template <int RB, class F>
+void with_rows(int rb, F &&f) {
+  if (rb == RB) return f(std::integral_constant<int, RB>{});
+  if constexpr (RB > 1) with_rows<RB - 1>(rb, f);
+}
+
+// f(std::integral_constant<int, cv>{}, c0) over hd channels in blocks of cv
+// vectors starting at channel c0: 4 vectors while they last, then 2, then 1.
+template <class F>
+void over_channel_vectors(int hd, F &&f) {
+  for (int c0 = 0; c0 < hd;) {
+    const int left = (hd - c0) / W;
+    if (left >= 4) f(std::integral_constant<int, 4>{}, c0), c0 += 4 * W;
+    else if (left >= 2) f(std::integral_constant<int, 2>{}, c0), c0 += 2 * W;
+    else f(std::integral_constant<int, 1>{}, c0), c0 += W;
+  }
+}
 
 // Decodes runs of packed codes: out[i] = code i · scale + zero for count codes
 // (a multiple of 32 / bits) that share (scale, zero). Built once per call: the
@@ -102,22 +123,18 @@ void scores_block(const float *q, const float *kd, int g, int hd, float *p, int6
     for (int t = 0; t < TV; ++t) st(p + (size_t)r * ldp + t * W, acc[r][t]);
 }
 
-template <int TV, int RB>
-void scores_rows(int rb, const float *q, const float *kd, int g, int hd, float *p, int64_t ldp) {
-  if (rb == RB) return scores_block<TV, RB>(q, kd, g, hd, p, ldp);
-  if constexpr (RB > 1) scores_rows<TV, RB - 1>(rb, q, kd, g, hd, p, ldp);
-}
-
 template <int TV>
 void scores_tv(const float *q, int rows, const float *kd, int g, int hd, float *p, int64_t ldp) {
   constexpr int RB = std::min(12, kAcc / TV);
   for (int j0 = 0; j0 < g; j0 += TV * W)
     for (int r0 = 0; r0 < rows; r0 += RB)
-      scores_rows<TV, RB>(std::min(RB, rows - r0), q + (size_t)r0 * hd, kd + j0, g, hd, p + (size_t)r0 * ldp + j0, ldp);
+      with_rows<RB>(std::min(RB, rows - r0), [&](auto R) {
+        scores_block<TV, decltype(R)::value>(q + (size_t)r0 * hd, kd + j0, g, hd, p + (size_t)r0 * ldp + j0, ldp);
+      });
 }
 
 // g is a multiple of W (lowbit_kernels checks).
-void scores(const float *q, int rows, const float *kd, int g, int hd, float *p, int64_t ldp) {
+[[maybe_unused]] void scores(const float *q, int rows, const float *kd, int g, int hd, float *p, int64_t ldp) {
   if (W == 16 && g % 64 == 0) return scores_tv<4>(q, rows, kd, g, hd, p, ldp);
   if (g % (2 * W) == 0) return scores_tv<2>(q, rows, kd, g, hd, p, ldp);
   scores_tv<1>(q, rows, kd, g, hd, p, ldp);
@@ -140,28 +157,15 @@ void values_block(const float *p, int64_t ldp, const float *vd, int g, int hd, f
     for (int v = 0; v < CV; ++v) st(acc + (size_t)r * hd + v * W, a[r][v]);
 }
 
-template <int CV, int RB>
-void values_rows(int rb, const float *p, int64_t ldp, const float *vd, int g, int hd, float *acc) {
-  if (rb == RB) return values_block<CV, RB>(p, ldp, vd, g, hd, acc);
-  if constexpr (RB > 1) values_rows<CV, RB - 1>(rb, p, ldp, vd, g, hd, acc);
-}
-
-template <int CV>
-void values_cv(const float *p, int64_t ldp, int rows, const float *vd, int g, int hd, float *acc) {
-  constexpr int RB = std::min(12, kAcc / CV);
-  for (int r0 = 0; r0 < rows; r0 += RB)
-    values_rows<CV, RB>(std::min(RB, rows - r0), p + (size_t)r0 * ldp, ldp, vd, g, hd, acc + (size_t)r0 * hd);
-}
-
 // hd is a multiple of W (lowbit_kernels checks).
-void values(const float *p, int64_t ldp, int rows, const float *vd, int g, int hd, float *acc) {
-  for (int c0 = 0; c0 < hd;) {
-    const int left = (hd - c0) / W, cv = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    if (cv == 4) values_cv<4>(p, ldp, rows, vd + c0, g, hd, acc + c0);
-    else if (cv == 2) values_cv<2>(p, ldp, rows, vd + c0, g, hd, acc + c0);
-    else values_cv<1>(p, ldp, rows, vd + c0, g, hd, acc + c0);
-    c0 += cv * W;
-  }
+[[maybe_unused]] void values(const float *p, int64_t ldp, int rows, const float *vd, int g, int hd, float *acc) {
+  over_channel_vectors(hd, [&](auto CV, int c0) {
+    constexpr int cv = decltype(CV)::value, RB = std::min(12, kAcc / cv);
+    for (int r0 = 0; r0 < rows; r0 += RB)
+      with_rows<RB>(std::min(RB, rows - r0), [&](auto R) {
+        values_block<cv, decltype(R)::value>(p + (size_t)r0 * ldp, ldp, vd + c0, g, hd, acc + (size_t)r0 * hd + c0);
+      });
+  });
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // of llama.cpp (node-llama-cpp) on the same GGUF, same threads, same input
 // (real source code), in the same run; median of N repetitions after a warm-up.
 import { join } from 'node:path';
+import { UserError } from '../errors';
 import { loadAddon, type KvPolicy } from '../engine/native';
 import { Session } from '../engine/session';
 import { envelope, log, projectRoot, median, realSourceFiles, type Envelope } from './common';
@@ -59,6 +60,12 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
   const info = probe.info;
   probe.close();
   if (allIds.length < maxCtx) throw new Error(`bench speed: corpus has ${allIds.length} tokens, need ${maxCtx}`);
+  // Fail before any prefill (a 32k one takes minutes) when the decode steps would not fit.
+  if (maxCtx + nDecode + 8 > info.nCtxTrain)
+    throw new UserError(
+      `bench speed: --ctx ${maxCtx} plus ${nDecode} decode steps does not fit the model's ${info.nCtxTrain}-token context`,
+      `use --ctx ${info.nCtxTrain - nDecode - 8} or less (or fewer --decode-tokens)`,
+    );
   env.input = 'real source code from node_modules (first files in sorted order), same ids for both engines';
   const rows: SpeedRow[] = [];
   // K and V, fp16, every layer and KV head: what both engines hold for `full`.
