@@ -368,6 +368,42 @@ napi_value ctx_reset_metrics(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// trackAttention(on: boolean): see specode_context_track_attention.
+napi_value ctx_track_attention(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1] = {nullptr};
+  auto *box = this_box<ContextBox>(env, info, &argc, argv);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: the context was freed"), nullptr;
+  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: a decode is running"), nullptr;
+  bool on = false;
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: argument must be a boolean"), nullptr;
+  const int32_t st = specode_context_track_attention(box->ctx, on ? 1 : 0);
+  if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;
+  return nullptr;
+}
+
+// attentionMass(n: number): Float32Array of the read-out's sums for positions [0, n).
+napi_value ctx_attention_mass(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1] = {nullptr};
+  auto *box = this_box<ContextBox>(env, info, &argc, argv);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: the context was freed"), nullptr;
+  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: a decode is running"), nullptr;
+  uint32_t n = 0;
+  if (argc < 1 || napi_get_value_uint32(env, argv[0], &n) != napi_ok)
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: argument must be a token count"), nullptr;
+  std::vector<float> mass(n);
+  const int32_t got = specode_context_attention_mass(box->ctx, mass.data(), n);
+  if (got < 0) return throw_error(env, got, specode_last_error()), nullptr;
+  void *data = nullptr;
+  napi_value ab, arr;
+  napi_create_arraybuffer(env, (size_t)got * sizeof(float), &data, &ab);
+  if (got > 0) std::memcpy(data, mass.data(), (size_t)got * sizeof(float));
+  napi_create_typedarray(env, napi_float32_array, (size_t)got, ab, 0, &arr);
+  return arr;
+}
+
 napi_value ctx_cached_prefix(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1] = {nullptr};
@@ -500,6 +536,8 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   set_fn(env, o, "decodeSpec", ctx_decode_spec, box);
   set_fn(env, o, "metrics", ctx_metrics, box);
   set_fn(env, o, "resetMetrics", ctx_reset_metrics, box);
+  set_fn(env, o, "trackAttention", ctx_track_attention, box);
+  set_fn(env, o, "attentionMass", ctx_attention_mass, box);
   set_fn(env, o, "cachedPrefix", ctx_cached_prefix, box);
   set_fn(env, o, "free", ctx_free, box);
   napi_property_descriptor getter = {"nPast", nullptr, nullptr, ctx_n_past, nullptr, nullptr, napi_enumerable, box};

@@ -248,6 +248,19 @@ int32_t specode_context_metrics(const specode_context *ctx, specode_kv_metrics *
  * Not while a decode runs on this context. */
 void specode_context_reset_metrics(specode_context *ctx);
 
+/* Attention read-out: while on, every generation step adds, for each cached
+ * position, the attention probability the step's query gave it (mean over a
+ * GQA group's query heads, summed over layers and KV heads). specache reads
+ * the speculative token's probabilities over the low-bit copy — the ones its
+ * top-k choice uses (each step, plus the pre-decode pass that starts a run
+ * of steps) — so the newest R tokens are not included. Turning it on
+ * zeroes the sums. SPECODE_ERR_UNSUPPORTED for policies without a read-out.
+ * Not while a decode runs on this context. */
+int32_t specode_context_track_attention(specode_context *ctx, int32_t on);
+/* The sums of positions [0, n) into out; returns how many were written
+ * (min(n, n_ctx)) or a negative status. Not while a decode runs. */
+int32_t specode_context_attention_mass(const specode_context *ctx, float *out, uint32_t n);
+
 /* ---------------------------------------------------------------- sampler */
 
 typedef struct specode_sampler specode_sampler;

@@ -66,6 +66,7 @@ class Context {
   void cancel() { cancel_.store(true); }
   const Model &model() const { return *model_; }
   const KvCache &kv() const { return *kv_; }
+  KvCache &kv_mut() { return *kv_; }
 
  private:
   // One forward pass over pass.n <= n_batch tokens at positions n_past_..;

@@ -273,6 +273,23 @@ void specode_context_reset_metrics(specode_context *ctx) {
   if (ctx) ctx->impl->reset_metrics();
 }
 
+int32_t specode_context_track_attention(specode_context *ctx, int32_t on) {
+  if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "context_track_attention: null context");
+  if (!ctx->impl->kv_mut().track_attention(on != 0))
+    return set_error(SPECODE_ERR_UNSUPPORTED, std::string("context_track_attention: the KV policy '") +
+                                                  ctx->impl->kv().policy() + "' has no attention read-out (specache has)");
+  return SPECODE_OK;
+}
+
+int32_t specode_context_attention_mass(const specode_context *ctx, float *out, uint32_t n) {
+  if (!ctx || (!out && n)) return set_error(SPECODE_ERR_ARGUMENT, "context_attention_mass: null argument");
+  const int got = ctx->impl->kv().attention_mass(out, (int)std::min<uint32_t>(n, (uint32_t)ctx->impl->n_ctx()));
+  if (got < 0)
+    return set_error(SPECODE_ERR_UNSUPPORTED, std::string("context_attention_mass: the KV policy '") +
+                                                  ctx->impl->kv().policy() + "' has no attention read-out (specache has)");
+  return got;
+}
+
 specode_sampler_params specode_sampler_default_params(void) {
   specode_sampler_params p{};
   p.temperature = 0.0f;

@@ -103,6 +103,15 @@ class KvCache {
   }
   virtual void reset_metrics() {}
 
+  // Attention read-out (policies that compute per-position attention anyway):
+  // while on, every generation step adds each held position's attention
+  // probability (mean over the query heads of a GQA group, summed over layers
+  // and KV heads). Turning it on zeroes the sums; false when the policy has no
+  // read-out. attention_mass writes positions [0, n) and returns how many it
+  // wrote, or -1 when the policy has none.
+  virtual bool track_attention(bool on) { return false; }
+  virtual int attention_mass(float *out, int n) const { return -1; }
+
  protected:
   KvShape shape_;
 };

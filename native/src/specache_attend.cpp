@@ -230,6 +230,10 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
           for (int i = std::max(nq, rg.t0); i < rg.t1; ++i) avg[i - rg.t0] += fh * re[i - nq];
         }
       }
+      if (track_attn_) {
+        float *mass = &attn_mass_[(size_t)h * shape_.n_ctx + rg.t0];
+        for (int j = 0; j < len; ++j) mass[j] += avg[j];
+      }
       std::vector<int32_t> &pick = picks_[ith];
       pick.resize(kk);
       const int got = select_topk(avg, len, K, pick.data());
@@ -260,6 +264,23 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
   }
   fetch_bytes_ += (uint64_t)copies_[layer].size() * HD * sizeof(uint16_t);
   if (!copies_[layer].empty()) fetch_->issue(layer);
+}
+
+bool PagedKvCache::track_attention(bool on) {
+  if (cfg_.policy != KvPolicy::Specache) return false;
+  track_attn_ = on;
+  if (on) attn_mass_.assign((size_t)shape_.n_head_kv * shape_.n_ctx, 0.0f);
+  return true;
+}
+
+int PagedKvCache::attention_mass(float *out, int n) const {
+  if (cfg_.policy != KvPolicy::Specache) return -1;
+  n = std::max(0, std::min(n, shape_.n_ctx));
+  std::fill(out, out + n, 0.0f);
+  if (attn_mass_.empty()) return n;
+  for (int h = 0; h < shape_.n_head_kv; ++h)
+    for (int j = 0; j < n; ++j) out[j] += attn_mass_[(size_t)h * shape_.n_ctx + j];
+  return n;
 }
 
 // The fp16 piece of KV head h: fetched rows, residual rows, and this pass's

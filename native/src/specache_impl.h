@@ -127,6 +127,11 @@ class PagedKvCache final : public KvCache {
   int cached_prefix(const int32_t *tokens, int n) const override { return pages_->cached_prefix(tokens, n); }
   void metrics(KvMetrics *out) const override;
   void reset_metrics() override;
+  // specache: the speculative query's attention over the low-bit candidates,
+  // the same probabilities its top-k choice reads (the newest residual and
+  // this pass's tokens are not included).
+  bool track_attention(bool on) override;
+  int attention_mass(float *out, int n) const override;
 
  private:
   bool lowbit_policy() const { return cfg_.policy == KvPolicy::Specache || cfg_.policy == KvPolicy::SpecacheSync; }
@@ -206,6 +211,8 @@ class PagedKvCache final : public KvCache {
   std::vector<float> range_score_;           // [range][topk] and their mean probabilities
   std::vector<int> range_n_;
   std::vector<std::vector<int32_t>> picks_;  // [thread][topk]
+  bool track_attn_ = false;
+  std::vector<float> attn_mass_;             // [n_head_kv][n_ctx] the read-out's sums (track_attention)
   std::vector<int32_t> cand_pos_;            // one head's candidates, in position order
   std::vector<float> cand_score_;
 

@@ -440,3 +440,53 @@ TEST(specache_context_copy_equals_own_prefill) {
   CHECK(specode_context_copy(nullptr, full) == SPECODE_ERR_ARGUMENT);
   for (specode_context *c : {full, own, copy, back, small}) specode_context_free(c);
 }
+
+TEST(specache_attention_readout) {
+  TinyModel tm;
+  CHECK(tm.model != nullptr);
+  if (!tm.model) return;
+  const int n_prompt = 700, n_steps = 6, L = 2, NKV = 2;
+  auto toks = prompt(n_prompt, 21);
+  specode_context *spec = tm.context(SPECODE_KV_POLICY_SPECACHE, 1024, 64);
+  specode_context *full = tm.context(SPECODE_KV_POLICY_FULL, 1024, 0);
+  CHECK(specode_context_track_attention(full, 1) == SPECODE_ERR_UNSUPPORTED);
+  std::vector<float> mass(1024, -1.0f), logits(kVocab);
+  CHECK(specode_context_attention_mass(full, mass.data(), 1024) == SPECODE_ERR_UNSUPPORTED);
+  CHECK(specode_decode(spec, toks.data(), n_prompt, 0, logits.data()) == SPECODE_OK);
+  CHECK(specode_context_track_attention(spec, 1) == SPECODE_OK);
+  // The prompt's prefill is not a generation step: nothing is summed yet.
+  CHECK(specode_context_attention_mass(spec, mass.data(), 1024) == 1024);
+  double total = 0;
+  for (float x : mass) total += x;
+  CHECK(total == 0.0);
+  for (int step = 0; step < n_steps; ++step) {
+    int32_t tok = argmax(logits.data(), kVocab);
+    CHECK(specode_decode(spec, &tok, 1, 0, logits.data()) == SPECODE_OK);
+  }
+  CHECK(specode_context_attention_mass(spec, mass.data(), 1024) == 1024);
+  specode_kv_metrics m;
+  specode_context_metrics(spec, &m);
+  // Every forward pass that chooses rows (each step, plus the pre-decode of
+  // the first step) adds, per layer and KV head, probabilities of one query
+  // over a subset of the positions: at most 1 each, and most of it (the
+  // residual and the newest tokens are outside the read-out).
+  const int passes = n_steps + 1;
+  total = 0;
+  bool finite = true, beyond_zero = true;
+  for (int j = 0; j < 1024; ++j) {
+    finite = finite && std::isfinite(mass[j]) && mass[j] >= 0.0f;
+    if (j >= (int)m.n_lowbit_tokens + 64) beyond_zero = beyond_zero && mass[j] == 0.0f;
+    total += mass[j];
+  }
+  std::fprintf(stderr, "  read-out over %d steps: total %.3f of at most %d (low-bit tokens %llu)\n", n_steps, total,
+               passes * L * NKV, (unsigned long long)m.n_lowbit_tokens);
+  CHECK(finite);
+  CHECK(beyond_zero);
+  CHECK(total > 0.3 * passes * L * NKV && total <= passes * L * NKV * (1 + 1e-4));
+  // Turning it on again starts from zero; a shorter read copies fewer positions.
+  CHECK(specode_context_track_attention(spec, 1) == SPECODE_OK);
+  CHECK(specode_context_attention_mass(spec, mass.data(), 10) == 10);
+  CHECK(mass[0] == 0.0f && mass[9] == 0.0f);
+  specode_context_free(spec);
+  specode_context_free(full);
+}

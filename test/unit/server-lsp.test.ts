@@ -79,6 +79,11 @@ test('real server over stdio: index, complete, ask (streamed, cited), cancel, ba
     assert.equal(deltas.join(''), a.text, 'the streamed pieces make up the answer');
     assert.ok(deltas.length > 1, 'streamed in several pieces');
     assert.ok(a.citations.length >= 1, 'at least one citation');
+    // specache's attention read-out points at the file that holds the answer.
+    assert.ok(
+      a.citations.some((c) => c.path === 'src/services/billing/internal/ledger/constants.ts' && c.how === 'attention'),
+      `cited by attention: ${JSON.stringify(a.citations)}`,
+    );
 
     // Cancel a long question as soon as its answer starts streaming: the partial answer comes back.
     const cts = new CancellationTokenSource();

@@ -49,12 +49,17 @@ export interface FimPromptInput {
  * others: "// File: path" headers.
  */
 export function repoHead(repoName: string, files: RepoFile[], fim: boolean): string {
-  let s = fim ? `<|repo_name|>${repoName}\n` : '';
+  return repoHeadParts(repoName, files, fim).join('');
+}
+
+/** repoHead in pieces: the preamble, then one piece per file (in order). */
+export function repoHeadParts(repoName: string, files: RepoFile[], fim: boolean): string[] {
+  const parts = [fim ? `<|repo_name|>${repoName}\n` : ''];
   for (const f of files) {
     const body = `${f.text}${f.text.endsWith('\n') ? '' : '\n'}`;
-    s += fim ? `<|file_sep|>${f.path}\n${body}` : `// File: ${f.path}\n${body}`;
+    parts.push(fim ? `<|file_sep|>${f.path}\n${body}` : `// File: ${f.path}\n${body}`);
   }
-  return s;
+  return parts;
 }
 
 /**

@@ -170,6 +170,14 @@ export interface NativeContext {
   metrics(): KvMetrics;
   /** Zero the counters (fetch, stall, steps, speculation, overlap); not while a decode runs. */
   resetMetrics(): void;
+  /**
+   * Attention read-out (specache): while on, every generation step adds each cached
+   * position's attention probability (mean over a GQA group, summed over layers and KV
+   * heads); turning it on zeroes the sums. Throws (code UNSUPPORTED) for other policies.
+   */
+  trackAttention(on: boolean): void;
+  /** The read-out's sums for positions [0, n). */
+  attentionMass(n: number): Float32Array;
   /** Leading tokens a decode of `tokens` would not recompute (held, or in cached host pages). */
   cachedPrefix(tokens: Int32Array): number;
   free(): void;

@@ -1,13 +1,15 @@
 // citations.ts — which context files an answer rests on.
 //
-// DESIGN asks for the files whose KV pages got the most attention mass. The
-// engine does not report attention yet, so citations are marked with how they
-// were found instead:
+// DESIGN asks for the files whose KV pages got the most attention mass. Each
+// citation says how it was found:
+//   'attention' — the engine's attention read-out (specache: the probabilities
+//               its top-k choice reads) summed over the file's tokens while the
+//               answer was generated; files within half of the top file's mass,
+//               among those that share a word with the question or answer;
 //   'mention' — the answer names the file (its path or its file name);
 //   'overlap' — the file holds rare words that the question and the answer
 //               share with it (identifiers, numbers), weighted by rarity
 //               across the context files, the answer's words double.
-// When the engine gains an attention read-out, add 'attention' citations here.
 import type { Citation, ContextFile } from '../protocol';
 
 const WORD = /[A-Za-z_][A-Za-z0-9_]{2,}|\d{3,}/g;
@@ -30,8 +32,30 @@ function lineOf(text: string, index: number): number {
   return n;
 }
 
-/** Up to `max` citations, strongest first. */
-export function citeFiles(question: string, answer: string, files: readonly ContextFile[], max = 3): Citation[] {
+/** Tokens at the very start of a prompt take attention that is not about their content (sinks). */
+const SINK_TOKENS = 4;
+
+/** Attention mass per file: the read-out summed over each file's token span. */
+export function attentionByFile(mass: Float32Array, spans: readonly { path: string; start: number; end: number }[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const s of spans) {
+    let m = 0;
+    for (let i = Math.max(s.start, SINK_TOKENS); i < Math.min(s.end, mass.length); i++) m += mass[i];
+    out.set(s.path, (out.get(s.path) ?? 0) + m);
+  }
+  return out;
+}
+
+const HOW_ORDER: Record<Citation['how'], number> = { mention: 0, attention: 1, overlap: 2 };
+
+/** Up to `max` citations, strongest first. `attention`: mass per path (attentionByFile), when the engine has a read-out. */
+export function citeFiles(
+  question: string,
+  answer: string,
+  files: readonly ContextFile[],
+  max = 3,
+  attention?: ReadonlyMap<string, number>,
+): Citation[] {
   if (files.length === 0) return [];
   const found = new Map<string, Citation>();
   const lowerAnswer = answer.toLowerCase();
@@ -48,6 +72,18 @@ export function citeFiles(question: string, answer: string, files: readonly Cont
   // Words of the answer count double: they are what the model took from the context.
   const answerWords = words(answer);
   const query = new Set([...words(question), ...answerWords]);
+  if (attention && attention.size) {
+    // Attention alone also lands on sink-like tokens (a file's first newlines) whatever the
+    // question; a file is cited for it only when it shares a word with the question or answer.
+    const relevant = new Set(files.filter((_, i) => [...query].some((w) => fileWords[i].has(w))).map((f) => f.path));
+    const masses = [...attention].filter(([path, m]) => relevant.has(path) && m > 0);
+    const topMass = Math.max(0, ...masses.map(([, m]) => m));
+    for (const [path, m] of masses) {
+      // Within half of the most attended file; weaker files are background.
+      if (m < topMass * 0.5 || found.has(path)) continue;
+      found.set(path, { path, how: 'attention', score: m / topMass });
+    }
+  }
   const scored: { file: ContextFile; score: number; best?: string }[] = [];
   files.forEach((f, i) => {
     let score = 0;
@@ -78,7 +114,7 @@ export function citeFiles(question: string, answer: string, files: readonly Cont
     if (s.score < top * 0.5) continue;
     found.set(s.file.path, { path: s.file.path, how: 'overlap', score: top > 0 ? s.score / top : 0, line });
   }
-  return [...found.values()].sort((a, b) => b.score - a.score || (a.how === 'mention' ? -1 : 1)).slice(0, max);
+  return [...found.values()].sort((a, b) => b.score - a.score || HOW_ORDER[a.how] - HOW_ORDER[b.how]).slice(0, max);
 }
 
 function escapeRe(s: string): string {

@@ -28,6 +28,14 @@ export interface Engine {
   cachedIds(): readonly number[];
   /** Numeric engine figures (`ctx.metrics()`) when the engine reports any. */
   metrics(): Record<string, number> | undefined;
+  /**
+   * Attention read-out (the native trackAttention): on zeroes the sums and starts adding
+   * each generation step's attention per cached position. False when the KV policy has
+   * no read-out (only specache has one). Not while a generation runs.
+   */
+  trackAttention?(on: boolean): boolean;
+  /** The read-out's sums for positions [0, n). */
+  attentionMass?(n: number): Float32Array;
   close(): void;
 }
 
@@ -90,6 +98,22 @@ class SessionEngine implements Engine {
     const out: Record<string, number> = {};
     flattenNumbers(raw as Record<string, unknown>, '', out, 0);
     return Object.keys(out).length ? out : undefined;
+  }
+
+  trackAttention(on: boolean): boolean {
+    const ctx = this.session.ctx as unknown as { trackAttention?: (on: boolean) => void };
+    if (typeof ctx.trackAttention !== 'function') return false;
+    try {
+      ctx.trackAttention(on);
+      return true;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'UNSUPPORTED') return false;
+      throw e;
+    }
+  }
+
+  attentionMass(n: number): Float32Array {
+    return this.session.ctx.attentionMass(n);
   }
 
   close(): void {

@@ -34,7 +34,7 @@ import {
   type ServerStatus,
   type SetContextResult,
 } from '../protocol';
-import { citeFiles } from './citations';
+import { attentionByFile, citeFiles } from './citations';
 import { boundaryContext, cutCompletion, finishCompletion } from './completion_boundary';
 import type { Engine, EngineFactory } from './engine';
 import { PromptBuilder } from './prompts';
@@ -239,7 +239,10 @@ export class SpecodeService {
       const maxTokens = p.maxTokens ?? 256;
       const built = this.prompts!.ask(this.repoName, this.files, p.question, config.contextTokens, maxTokens);
       this.status.setState('busy', { message: `answering (${built.ids.length} prompt tokens, ${built.files.length} files)` });
+      // The engine's attention read-out over the answer's steps, for citations (specache has one).
+      const tracking = engine.trackAttention?.(true) ?? false;
       let r;
+      let attention: Map<string, number> | undefined;
       try {
         r = await engine.generate(built.ids, {
           maxTokens,
@@ -249,14 +252,25 @@ export class SpecodeService {
             if (p.partialResultToken) this.deps.sendProgress(AskPartialType, p.partialResultToken, { delta });
           },
         });
+        if (tracking && engine.attentionMass && built.headTokens > 0) {
+          const mass = engine.attentionMass(built.headTokens);
+          const spans = this.prompts!.fileSpans(this.repoName, built.files, built.headTokens);
+          attention = attentionByFile(mass, spans);
+        }
       } finally {
+        if (tracking)
+          try {
+            engine.trackAttention!(false);
+          } catch {
+            // a decode still running (engine failure): the next ask turns it on again anyway
+          }
         this.status.setState(this.paused ? 'paused' : 'ready');
       }
       this.recordSpeed(engine, r);
       const cited = built.files.map((f) => ({ path: f.path, text: f.text, mtimeMs: f.mtimeMs }));
       return {
         text: r.text,
-        citations: citeFiles(p.question, r.text, cited),
+        citations: citeFiles(p.question, r.text, cited, 3, attention),
         stopReason: signal.aborted ? 'cancelled' : r.stopReason,
         promptTokens: r.promptTokens,
         reusedTokens: r.reusedTokens,

@@ -6,7 +6,7 @@
 // starts with a control token, so encode(head) ++ encode(tail) is exactly
 // encode(head + tail); for plain models it is a stable split as well.
 import { createHash } from 'node:crypto';
-import { ASK_MARKER, askPrompt, fimPrompt, fitToBudget, plainPrompt, type TokenCounter } from '../context/prompt';
+import { ASK_MARKER, askPrompt, fimPrompt, fitToBudget, plainPrompt, repoHeadParts, type TokenCounter } from '../context/prompt';
 import type { RepoFile } from '../context/repo';
 import type { ContextFile } from '../protocol';
 import type { Engine } from './engine';
@@ -32,6 +32,13 @@ export interface BuiltPrompt {
   headTokens: number;
   files: RepoFile[];
   filesDropped: number;
+}
+
+/** Token positions [start, end) of one context file in a prompt. */
+export interface FileSpan {
+  path: string;
+  start: number;
+  end: number;
 }
 
 function toRepoFile(f: ContextFile): RepoFile {
@@ -129,6 +136,24 @@ export class PromptBuilder {
     const whole = askPrompt(repoName || 'repo', fit.files, question, Boolean(this.engine.model.fim));
     const at = whole.lastIndexOf(ASK_MARKER);
     return this.split(whole, at, fit);
+  }
+
+  /**
+   * Where each file of an ask/index head sits in its token ids: the head's pieces
+   * (preamble, then one per file) encoded one by one. For FIM models every piece
+   * starts with a control token, so the spans are exact; for plain prompts a
+   * token may straddle two pieces, so a span can be off by one at its ends.
+   */
+  fileSpans(repoName: string, files: RepoFile[], headTokens: number): FileSpan[] {
+    const parts = repoHeadParts(repoName || 'repo', files, Boolean(this.engine.model.fim));
+    let pos = this.engine.encode(parts[0], true).length;
+    const spans: FileSpan[] = [];
+    for (let i = 0; i < files.length && pos < headTokens; i++) {
+      const end = Math.min(headTokens, pos + this.engine.encode(parts[i + 1], false).length);
+      spans.push({ path: files[i].path, start: pos, end });
+      pos = end;
+    }
+    return spans;
   }
 
   private split(whole: string, at: number, fit: { files: RepoFile[]; dropped: number }): BuiltPrompt {
