@@ -101,8 +101,10 @@ export function detailsMarkdown(s: ServerStatus | undefined, connection: Connect
   if (f.engine && Object.keys(f.engine).length) {
     out.push('', '## Engine metrics (ctx.metrics())', '', '| name | value |', '|---|---|');
     for (const [k, v] of Object.entries(f.engine)) out.push(`| ${k} | ${v} |`);
-  } else {
+  } else if (s.model) {
     out.push('', 'The engine does not report KV metrics (ctx.metrics()) yet; figures marked "engine" are therefore missing.');
+  } else {
+    out.push('', 'No model is loaded, so there are no engine figures yet.');
   }
   return out.join('\n');
 }

@@ -1,8 +1,12 @@
 // suite.mjs — what a user sees in a real VS Code with specode installed:
 // the status bar's figures, an inline suggestion accepted with Tab, a streamed
-// answer with a citation in the Q&A panel, and recovery after the server dies.
+// answer with a citation in the Q&A panel, recovery after the server dies, and
+// a corrupt model file that is reported clearly while the editor keeps working.
 // Each test gets `world` from run.mjs: { page, ws, serverScript, shot, log }.
 import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { closeAllEditors, editorLines, focusEditor, ghostText, openFile, runCommand, statusText, waitForStatus, webviewFrame } from './workbench.mjs';
 
 /** pids of the specode language server started from this test's extensions folder. */
@@ -154,6 +158,51 @@ export const TESTS = [
       log(`ghost text after restart: ${JSON.stringify(ghost)}`);
       const line = (await acceptAndRead(page, header))[0] ?? '';
       if (!/^\s*return\s*\S/.test(line)) throw new Error(`no completion accepted after the restart: ${JSON.stringify(line)}`);
+    },
+  },
+  {
+    id: 'bad-model',
+    name: 'a corrupt model file: the status details say what is wrong, typing still works, fixing the setting recovers',
+    timeoutMs: 180_000,
+    async run({ page, ws, shot, log }) {
+      const settingsPath = join(ws, '.vscode', 'settings.json');
+      const good = readFileSync(settingsPath, 'utf8');
+      const bad = join(tmpdir(), `specode-e2e-broken-${process.pid}.gguf`);
+      writeFileSync(bad, 'this is not a model\n');
+      writeFileSync(settingsPath, JSON.stringify({ ...JSON.parse(good), 'specode.model': bad }, null, 2));
+      try {
+        await closeAllEditors(page);
+        await openFile(page, 'src/util/money.ts');
+        await focusEditor(page);
+        await page.keyboard.press('Control+End');
+        // Typing asks for completions: the server tries to open the model and fails.
+        await page.keyboard.type('\n// still typing while the model is broken', { delay: 20 });
+        await waitForStatus(page, /^specode$/, 60_000);  // the error state: the icon and the name, no figures
+        const lines = await editorLines(page);
+        if (!lines.some((l) => l.includes('still typing while the model is broken'))) throw new Error(`the editor did not take the typing: ${JSON.stringify(lines)}`);
+        await page.locator('.statusbar-item', { hasText: /specode/ }).first().click();
+        const details = await waitFor(
+          'the error in the status details',
+          async () => {
+            const text = (await editorLines(page)).join('\n');
+            return /state: \*\*error\*\*/.test(text) ? text : undefined;
+          },
+          15_000,
+          page,
+        );
+        await shot('09-bad-model-details');
+        const state = details.split('\n').find((l) => l.includes('state:')) ?? '';
+        log(`status details: ${state}`);
+        // The editor wraps long lines; compare without the whitespace.
+        const flat = details.replace(/\s+/g, '');
+        if (!flat.includes('NotaGGUFmodelfile') || !flat.includes(bad)) throw new Error(`the details do not say what is wrong:\n${details}`);
+      } finally {
+        writeFileSync(settingsPath, good);
+      }
+      // Back to the good model: figures again, and completions work.
+      await closeAllEditors(page);
+      await waitForStatus(page, /specode.*KV \d/, 120_000);
+      await shot('10-bad-model-fixed');
     },
   },
 ];

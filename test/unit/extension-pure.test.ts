@@ -43,11 +43,13 @@ test('status text for loading, indexing, error, paused, restarting', () => {
 });
 
 test('details page marks engine figures as not reported instead of inventing them', () => {
-  const md = detailsMarkdown({ ...base, figures: { weightBytes: 100 << 20, kvTokens: 10, computedKvBytes: 1000 } }, 'running', 1);
+  const model = { name: 'm', path: '/m', arch: 'llama', fileType: 'Q4_1', nCtx: 8192, fim: false };
+  const md = detailsMarkdown({ ...base, model, figures: { weightBytes: 100 << 20, kvTokens: 10, computedKvBytes: 1000 } }, 'running', 1);
   assert.match(md, /\| device bytes \| — \(not reported by the engine\)/);
   assert.match(md, /\| weights \| 100\.0 MiB/);
   assert.match(md, /restarts this session: 1/);
   assert.match(md, /does not report KV metrics/);
+  assert.match(detailsMarkdown({ ...base, state: 'error', figures: {} }, 'running', 0), /No model is loaded/);
   const withEngine = detailsMarkdown({ ...base, figures: { engine: { 'specache.hitRate': 0.5 } } }, 'running', 0);
   assert.match(withEngine, /\| specache\.hitRate \| 0\.5 \|/);
 });
