@@ -511,6 +511,7 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   p.kv_bits = (int32_t)opt_num(env, opts, "bits", p.kv_bits);
   p.kv_group = (int32_t)opt_num(env, opts, "group", p.kv_group);
   p.kv_topk = (int32_t)opt_num(env, opts, "topk", p.kv_topk);
+  p.kv_rerank = (int32_t)opt_num(env, opts, "rerank", p.kv_rerank);
   p.kv_residual = (int32_t)opt_num(env, opts, "residual", p.kv_residual);
   p.kv_page_tokens = (int32_t)opt_num(env, opts, "pageTokens", p.kv_page_tokens);
   p.kv_measure = opt_bool(env, opts, "measure", false) ? 1 : 0;

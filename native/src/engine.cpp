@@ -104,6 +104,7 @@ specode_context_params specode_context_default_params(void) {
   p.kv_budget = 0;
   p.kv_budget_ratio = 0.0f;  // 0.2
   p.kv_sinks = 4;
+  p.kv_rerank = 1;
   return p;
 }
 
@@ -169,6 +170,9 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     if (R <= 0 || R % g != 0)
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_residual (" + std::to_string(R) +
                                                  ") must be a positive multiple of kv_group (" + std::to_string(g) + ")");
+    if (params->kv_rerank < 0 || params->kv_rerank > 16)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_rerank must be in [1, 16] (0: 1), got " +
+                                                 std::to_string(params->kv_rerank));
     if (paged && (params->kv_topk < 0 || params->kv_topk > (1 << 20)))
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_topk must be in [0, 2^20], got " +
                                                  std::to_string(params->kv_topk));
@@ -189,6 +193,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_bits = params->kv_bits;
   cfg.kv_group = params->kv_group;
   cfg.kv_topk = params->kv_topk;
+  cfg.kv_rerank = std::max(1, params->kv_rerank);
   cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;

@@ -192,9 +192,10 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
   for (int ti = 0; ti < n_tasks; ++ti)
     if (tasks_[ti].lowbit) ranges_.push_back({tasks_[ti].h, tasks_[ti].t0, tasks_[ti].t1, ti});
     else if (nr == R) ranges_.push_back({tasks_[ti].h, nq, nq + R, ti});
-  const int n_ranges = (int)ranges_.size(), kk = std::max(1, K);
-  range_pos_.resize((size_t)n_ranges * kk);
-  range_score_.resize((size_t)n_ranges * kk);
+  // With rerank > 1 each range keeps the rerank × K best, re-scored exactly below.
+  const int n_ranges = (int)ranges_.size(), kk = std::max(1, K), keep = kk * std::max(1, cfg_.rerank);
+  range_pos_.resize((size_t)n_ranges * keep);
+  range_score_.resize((size_t)n_ranges * keep);
   range_n_.resize(n_ranges);
   auto factor = [&](int ti, int h, int hq) {
     const float mt = part_m_[(size_t)ti * rows + sel0 + hq], M = sel_m[(size_t)h * G + hq];
@@ -235,12 +236,12 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
         for (int j = 0; j < len; ++j) mass[j] += avg[j];
       }
       std::vector<int32_t> &pick = picks_[ith];
-      pick.resize(kk);
-      const int got = select_topk(avg, len, K, pick.data());
+      pick.resize(keep);
+      const int got = select_topk(avg, len, K > 0 ? keep : 0, pick.data());
       range_n_[ri] = got;
       for (int i = 0; i < got; ++i) {
-        range_pos_[(size_t)ri * kk + i] = rg.t0 + pick[i];
-        range_score_[(size_t)ri * kk + i] = avg[pick[i]];
+        range_pos_[(size_t)ri * keep + i] = rg.t0 + pick[i];
+        range_score_[(size_t)ri * keep + i] = avg[pick[i]];
       }
     }
   });
@@ -251,11 +252,31 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
     for (int ri = 0; ri < n_ranges; ++ri)
       if (ranges_[ri].h == h)
         for (int i = 0; i < range_n_[ri]; ++i) {
-          cand_pos_.push_back(range_pos_[(size_t)ri * kk + i]);
-          cand_score_.push_back(range_score_[(size_t)ri * kk + i]);
+          cand_pos_.push_back(range_pos_[(size_t)ri * keep + i]);
+          cand_score_.push_back(range_score_[(size_t)ri * keep + i]);
         }
-    const int count = select_topk(cand_score_.data(), (int)cand_score_.size(), K, chosen_.data());
-    for (int i = 0; i < count; ++i) chosen_[i] = cand_pos_[chosen_[i]];
+    wide_.resize(keep);
+    int count = select_topk(cand_score_.data(), (int)cand_score_.size(), K > 0 ? keep : 0, wide_.data());
+    for (int i = 0; i < count; ++i) wide_[i] = cand_pos_[wide_[i]];
+    if (count > K) {
+      // Second stage: the select row's exact scores over the candidates' fp16 host rows.
+      exact_.resize(count);
+      for (int i = 0; i < count; ++i) {
+        const uint16_t *krow = pages_->seq_k_row(seq_, layer, h, wide_[i]);
+        float w = 0;
+        for (int hq = 0; hq < G; ++hq) {
+          const float M = sel_m[(size_t)h * G + hq];
+          if (M == -INFINITY) continue;
+          const float *qv = &qbuf_[((size_t)h * rows + sel0 + hq) * HD];
+          w += std::exp(dot_f16_f32(krow, qv, HD) - M) / (sel_l[(size_t)h * G + hq] * G);
+        }
+        exact_[i] = w;
+      }
+      count = select_topk(exact_.data(), count, K, chosen_.data());
+      for (int i = 0; i < count; ++i) chosen_[i] = wide_[chosen_[i]];
+    } else {
+      std::copy(wide_.begin(), wide_.begin() + count, chosen_.begin());
+    }
     set_fetched(layer, h, chosen_.data(), count);
     for (int i = 0; i < count; ++i) {
       copies_[layer].push_back({pre_k(layer, h, i), pages_->seq_k_row(seq_, layer, h, chosen_[i])});

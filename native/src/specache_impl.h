@@ -213,6 +213,8 @@ class PagedKvCache final : public KvCache {
   std::vector<std::vector<int32_t>> picks_;  // [thread][topk]
   bool track_attn_ = false;
   std::vector<float> attn_mass_;             // [n_head_kv][n_ctx] the read-out's sums (track_attention)
+  std::vector<int32_t> wide_;                // [rerank * topk] the first stage's choice (positions, ascending)
+  std::vector<float> exact_;                 // [rerank * topk] their exact mean probabilities (rerank > 1)
   std::vector<int32_t> cand_pos_;            // one head's candidates, in position order
   std::vector<float> cand_score_;
 

@@ -28,6 +28,7 @@ const FLAGS: Record<string, FlagSpec> = {
   bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed / editor: one value (default 2)' },
   group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
+  rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper)', default: 1 },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -102,7 +103,7 @@ export async function runBench(argv: string[]): Promise<number> {
     const bits = Number(p.flags.bits ?? 2);
     if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
     result = await benchSpeed({
-      modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk),
+      modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: Number(p.flags.rerank),
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
       peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
@@ -145,7 +146,7 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   const { writeFileSync } = await import('node:fs');
   return benchFidelity({
     modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
-    topk: positive('topk'), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
+    topk: positive('topk'), rerank: positive('rerank'), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
     genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
     measure: f.measure !== false, command,
     onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,

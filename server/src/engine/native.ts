@@ -59,6 +59,8 @@ export interface ContextOptions {
   group?: 32 | 64;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
+  /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (default 1: one stage, as the paper). */
+  rerank?: number;
   /** specache*, kivi, gear, tailorkv: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128, gear 64, tailorkv 128). */
   residual?: number;
   /** h2o, streamingllm, kvmerger: K/V rows kept per layer and KV head; 0 or absent: `budgetRatio` of the tokens held. tailorkv: rows loaded per sparse layer and KV head (> 64, default 192). */
