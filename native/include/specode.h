@@ -137,8 +137,8 @@ typedef struct specode_context_params {
                             default 4; kv_budget, when set, must exceed it */
   int32_t kv_rerank;     /* specache: choose the fetched rows in two stages — the kv_rerank × kv_topk
                             best by the low-bit scores, then the kv_topk best of those by exact
-                            scores over their fp16 host rows; 1 (default): one stage, as the
-                            SpeCache paper; 1..16 */
+                            scores over their fp16 host rows; 1: one stage, as the SpeCache paper;
+                            1..16, default 4 (0: 1) */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);

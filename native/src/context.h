@@ -24,7 +24,7 @@ struct ContextConfig {
   int kv_bits = 2;         // paged policies and kivi: see PagedKvConfig
   int kv_group = 64;
   int kv_topk = 64;
-  int kv_rerank = 1;
+  int kv_rerank = 4;
   int kv_residual = 64;
   int kv_page_tokens = 64;
   bool kv_measure = false;

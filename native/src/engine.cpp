@@ -104,7 +104,7 @@ specode_context_params specode_context_default_params(void) {
   p.kv_budget = 0;
   p.kv_budget_ratio = 0.0f;  // 0.2
   p.kv_sinks = 4;
-  p.kv_rerank = 1;
+  p.kv_rerank = 4;
   return p;
 }
 

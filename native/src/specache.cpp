@@ -79,7 +79,6 @@ PagedKvCache::PagedKvCache(const KvShape &shape, const PagedKvConfig &cfg) : cfg
     flush_k_.resize((size_t)cfg.residual * HD);
     flush_v_.resize(flush_k_.size());
     copies_.resize(shape.n_layer);
-    chosen_.resize(std::max(1, cfg.topk));
   }
   if (cfg.policy == KvPolicy::Specache)
     fetch_ = std::make_unique<FetchThread>(shape.n_layer, [this](int layer) { run_fetch(layer); });

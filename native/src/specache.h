@@ -48,7 +48,7 @@ struct PagedKvConfig {
   int bits = 2;          // low-bit copy: 1 or 2
   int group = 64;        // g: key group (tokens) and value group (channels, capped at head_dim)
   int topk = 64;         // fetched fp16 rows per layer per KV head
-  int rerank = 1;        // > 1: the rerank × topk best by low-bit scores, re-scored exactly from the host rows
+  int rerank = 4;        // > 1: the rerank × topk best by low-bit scores, re-scored exactly from the host rows
   int residual = 64;     // R: fp16 window, a multiple of group
   bool measure = false;  // compute the true top-k of each real token (costs a full-precision pass)
   int n_threads = 1;     // size of the pool attend() will be given

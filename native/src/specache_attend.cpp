@@ -245,42 +245,54 @@ void PagedKvCache::attend_mixed(int layer, int pos0, int n, const float *q, floa
       }
     }
   });
+  // Per KV head, in parallel: merge the ranges' candidates, then (rerank > 1)
+  // re-score the wide choice exactly from the fp16 host rows.
+  head_sel_.resize(NKV);
+  std::atomic<int> next_head{0};
+  pool.run([&](int, int) {
+    for (int h; (h = next_head.fetch_add(1, std::memory_order_relaxed)) < NKV;) {
+      HeadSelection &hs = head_sel_[h];
+      hs.cand_pos.clear();
+      hs.cand_score.clear();
+      for (int ri = 0; ri < n_ranges; ++ri)
+        if (ranges_[ri].h == h)
+          for (int i = 0; i < range_n_[ri]; ++i) {
+            hs.cand_pos.push_back(range_pos_[(size_t)ri * keep + i]);
+            hs.cand_score.push_back(range_score_[(size_t)ri * keep + i]);
+          }
+      hs.wide.resize(keep);
+      hs.chosen.resize(kk);
+      int count = select_topk(hs.cand_score.data(), (int)hs.cand_score.size(), K > 0 ? keep : 0, hs.wide.data());
+      for (int i = 0; i < count; ++i) hs.wide[i] = hs.cand_pos[hs.wide[i]];
+      if (count > K) {
+        // Second stage: the select row's exact scores over the candidates' fp16 host rows.
+        hs.exact.resize(count);
+        for (int i = 0; i < count; ++i) {
+          const uint16_t *krow = pages_->seq_k_row(seq_, layer, h, hs.wide[i]);
+          float w = 0;
+          for (int hq = 0; hq < G; ++hq) {
+            const float M = sel_m[(size_t)h * G + hq];
+            if (M == -INFINITY) continue;
+            const float *qv = &qbuf_[((size_t)h * rows + sel0 + hq) * HD];
+            w += std::exp(dot_f16_f32(krow, qv, HD) - M) / (sel_l[(size_t)h * G + hq] * G);
+          }
+          hs.exact[i] = w;
+        }
+        count = select_topk(hs.exact.data(), count, K, hs.chosen.data());
+        for (int i = 0; i < count; ++i) hs.chosen[i] = hs.wide[hs.chosen[i]];
+      } else {
+        std::copy(hs.wide.begin(), hs.wide.begin() + count, hs.chosen.begin());
+      }
+      hs.count = count;
+    }
+  });
   copies_[layer].clear();
   for (int h = 0; h < NKV; ++h) {
-    cand_pos_.clear();
-    cand_score_.clear();
-    for (int ri = 0; ri < n_ranges; ++ri)
-      if (ranges_[ri].h == h)
-        for (int i = 0; i < range_n_[ri]; ++i) {
-          cand_pos_.push_back(range_pos_[(size_t)ri * keep + i]);
-          cand_score_.push_back(range_score_[(size_t)ri * keep + i]);
-        }
-    wide_.resize(keep);
-    int count = select_topk(cand_score_.data(), (int)cand_score_.size(), K > 0 ? keep : 0, wide_.data());
-    for (int i = 0; i < count; ++i) wide_[i] = cand_pos_[wide_[i]];
-    if (count > K) {
-      // Second stage: the select row's exact scores over the candidates' fp16 host rows.
-      exact_.resize(count);
-      for (int i = 0; i < count; ++i) {
-        const uint16_t *krow = pages_->seq_k_row(seq_, layer, h, wide_[i]);
-        float w = 0;
-        for (int hq = 0; hq < G; ++hq) {
-          const float M = sel_m[(size_t)h * G + hq];
-          if (M == -INFINITY) continue;
-          const float *qv = &qbuf_[((size_t)h * rows + sel0 + hq) * HD];
-          w += std::exp(dot_f16_f32(krow, qv, HD) - M) / (sel_l[(size_t)h * G + hq] * G);
-        }
-        exact_[i] = w;
-      }
-      count = select_topk(exact_.data(), count, K, chosen_.data());
-      for (int i = 0; i < count; ++i) chosen_[i] = wide_[chosen_[i]];
-    } else {
-      std::copy(wide_.begin(), wide_.begin() + count, chosen_.begin());
-    }
-    set_fetched(layer, h, chosen_.data(), count);
-    for (int i = 0; i < count; ++i) {
-      copies_[layer].push_back({pre_k(layer, h, i), pages_->seq_k_row(seq_, layer, h, chosen_[i])});
-      copies_[layer].push_back({pre_v(layer, h, i), pages_->seq_v_row(seq_, layer, h, chosen_[i])});
+    const HeadSelection &hs = head_sel_[h];
+    set_fetched(layer, h, hs.chosen.data(), hs.count);
+    for (int i = 0; i < hs.count; ++i) {
+      copies_[layer].push_back({pre_k(layer, h, i), pages_->seq_k_row(seq_, layer, h, hs.chosen[i])});
+      copies_[layer].push_back({pre_v(layer, h, i), pages_->seq_v_row(seq_, layer, h, hs.chosen[i])});
     }
   }
   fetch_bytes_ += (uint64_t)copies_[layer].size() * HD * sizeof(uint16_t);

@@ -202,7 +202,6 @@ class PagedKvCache final : public KvCache {
   std::vector<float> sel_e_;                 // [n_head_kv][G][n_ctx] select row's exp(score - m_task), low-bit part
   std::vector<float> fetched_e_, resid_e_;   // [n_head_kv][G][topk], [n_head_kv][G][R]: the same for fp16 rows
   std::vector<float> avg_;                   // [n_head_kv][candidates] mean attention over the group (selection)
-  std::vector<int32_t> chosen_;              // [topk]
   struct Range {
     int h, t0, t1, task;                     // positions [t0, t1) of KV head h; task: their low-bit task (or the fp16 one)
   };
@@ -213,10 +212,15 @@ class PagedKvCache final : public KvCache {
   std::vector<std::vector<int32_t>> picks_;  // [thread][topk]
   bool track_attn_ = false;
   std::vector<float> attn_mass_;             // [n_head_kv][n_ctx] the read-out's sums (track_attention)
-  std::vector<int32_t> wide_;                // [rerank * topk] the first stage's choice (positions, ascending)
-  std::vector<float> exact_;                 // [rerank * topk] their exact mean probabilities (rerank > 1)
-  std::vector<int32_t> cand_pos_;            // one head's candidates, in position order
-  std::vector<float> cand_score_;
+  struct HeadSelection {                     // one KV head's choice of rows (attend_mixed)
+    std::vector<int32_t> cand_pos;           // the ranges' candidates, in position order
+    std::vector<float> cand_score;
+    std::vector<int32_t> wide;               // [rerank * topk] the first stage's choice (positions, ascending)
+    std::vector<float> exact;                // their exact mean probabilities (rerank > 1)
+    std::vector<int32_t> chosen;             // [topk] the rows to fetch
+    int count = 0;
+  };
+  std::vector<HeadSelection> head_sel_;
 
   // Totals.
   uint64_t fetch_bytes_ = 0, stall_ns_ = 0, overlap_samples_ = 0, reused_ = 0;

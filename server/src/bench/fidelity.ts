@@ -51,7 +51,7 @@ export interface FidelityOptions {
   bits: (1 | 2)[];
   group?: 32 | 64;
   topk?: number;
-  /** specache: two-stage row choice (see ContextOptions.rerank; default 1). */
+  /** specache: two-stage row choice (see ContextOptions.rerank; default 4). */
   rerank?: number;
   residual?: number;
   tasks: FidelityTask[];
@@ -332,7 +332,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
 
   const group = o.group ?? 64;
   const topk = o.topk ?? 64;
-  const rerank = o.rerank ?? 1;
+  const rerank = o.rerank ?? 4;
   const residual = o.residual ?? 64;
   // Policy configurations; full first (code-agreement needs its continuation).
   const cfgs: PolicyCfg[] = [];

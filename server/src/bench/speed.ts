@@ -25,7 +25,7 @@ export interface SpeedOptions {
   bits?: 1 | 2;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache: two-stage row choice (see ContextOptions.rerank; default 1). */
+  /** specache: two-stage row choice (see ContextOptions.rerank; default 4). */
   rerank?: number;
 }
 
@@ -84,7 +84,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
         // previous repetition's pages instead of running the prefill.
         const session = await Session.open(o.modelPath, {
           nCtx: ctx + nDecode + 8, threads: o.threads, nBatch: 256, policy,
-          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, rerank: o.rerank ?? 1 } : {}),
+          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, rerank: o.rerank ?? 4 } : {}),
         });
         try {
           let t0 = performance.now();

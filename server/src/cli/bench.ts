@@ -28,7 +28,7 @@ const FLAGS: Record<string, FlagSpec> = {
   bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed / editor: one value (default 2)' },
   group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
-  rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper)', default: 1 },
+  rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper)', default: 4 },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },

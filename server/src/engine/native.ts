@@ -59,7 +59,7 @@ export interface ContextOptions {
   group?: 32 | 64;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (default 1: one stage, as the paper). */
+  /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (default 4; 1: one stage, as the paper). */
   rerank?: number;
   /** specache*, kivi, gear, tailorkv: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128, gear 64, tailorkv 128). */
   residual?: number;
