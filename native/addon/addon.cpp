@@ -151,6 +151,15 @@ T *this_box(napi_env env, napi_callback_info info, size_t *argc, napi_value *arg
   return static_cast<T *>(data);
 }
 
+// The context of a method that needs it alive and idle (no decode running);
+// nullptr after throwing the error that says which is not the case.
+ContextBox *idle_context(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv, const char *what) {
+  auto *box = this_box<ContextBox>(env, info, argc, argv);
+  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, std::string(what) + ": the context was freed"), nullptr;
+  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, std::string(what) + ": a decode is running"), nullptr;
+  return box;
+}
+
 // ---- context ------------------------------------------------------------
 
 struct DecodeWork {
@@ -274,9 +283,8 @@ napi_value ctx_decode_spec(napi_env env, napi_callback_info info) {
 napi_value ctx_truncate(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  auto *box = this_box<ContextBox>(env, info, &argc, argv);
-  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "truncate: the context was freed"), nullptr;
-  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "truncate: a decode is running"), nullptr;
+  auto *box = idle_context(env, info, &argc, argv, "truncate");
+  if (!box) return nullptr;
   double n = 0;
   if (argc < 1 || napi_get_value_double(env, argv[0], &n) != napi_ok || n < 0)
     return throw_error(env, SPECODE_ERR_ARGUMENT, "truncate: nKeep must be a number >= 0"), nullptr;
@@ -361,9 +369,8 @@ napi_value ctx_metrics(napi_env env, napi_callback_info info) {
 
 napi_value ctx_reset_metrics(napi_env env, napi_callback_info info) {
   size_t argc = 0;
-  auto *box = this_box<ContextBox>(env, info, &argc, nullptr);
-  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "resetMetrics: the context was freed"), nullptr;
-  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "resetMetrics: a decode is running"), nullptr;
+  auto *box = idle_context(env, info, &argc, nullptr, "resetMetrics");
+  if (!box) return nullptr;
   specode_context_reset_metrics(box->ctx);
   return nullptr;
 }
@@ -372,9 +379,8 @@ napi_value ctx_reset_metrics(napi_env env, napi_callback_info info) {
 napi_value ctx_track_attention(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1] = {nullptr};
-  auto *box = this_box<ContextBox>(env, info, &argc, argv);
-  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: the context was freed"), nullptr;
-  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: a decode is running"), nullptr;
+  auto *box = idle_context(env, info, &argc, argv, "trackAttention");
+  if (!box) return nullptr;
   bool on = false;
   if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok)
     return throw_error(env, SPECODE_ERR_ARGUMENT, "trackAttention: argument must be a boolean"), nullptr;
@@ -387,9 +393,8 @@ napi_value ctx_track_attention(napi_env env, napi_callback_info info) {
 napi_value ctx_attention_mass(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1] = {nullptr};
-  auto *box = this_box<ContextBox>(env, info, &argc, argv);
-  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: the context was freed"), nullptr;
-  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: a decode is running"), nullptr;
+  auto *box = idle_context(env, info, &argc, argv, "attentionMass");
+  if (!box) return nullptr;
   uint32_t n = 0;
   if (argc < 1 || napi_get_value_uint32(env, argv[0], &n) != napi_ok)
     return throw_error(env, SPECODE_ERR_ARGUMENT, "attentionMass: argument must be a token count"), nullptr;
@@ -407,9 +412,8 @@ napi_value ctx_attention_mass(napi_env env, napi_callback_info info) {
 napi_value ctx_cached_prefix(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1] = {nullptr};
-  auto *box = this_box<ContextBox>(env, info, &argc, argv);
-  if (!box || box->released) return throw_error(env, SPECODE_ERR_ARGUMENT, "cachedPrefix: the context was freed"), nullptr;
-  if (box->busy) return throw_error(env, SPECODE_ERR_ARGUMENT, "cachedPrefix: a decode is running"), nullptr;
+  auto *box = idle_context(env, info, &argc, argv, "cachedPrefix");
+  if (!box) return nullptr;
   bool is_ta = false;
   napi_typedarray_type type;
   size_t length = 0;
