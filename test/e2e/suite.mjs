@@ -169,10 +169,12 @@ export const TESTS = [
       const good = readFileSync(settingsPath, 'utf8');
       const bad = join(tmpdir(), `specode-e2e-broken-${process.pid}.gguf`);
       writeFileSync(bad, 'this is not a model\n');
+      // Editor first: the error notification that follows the settings change must not race
+      // the command palette.
+      await closeAllEditors(page);
+      await openFile(page, 'src/util/money.ts');
       writeFileSync(settingsPath, JSON.stringify({ ...JSON.parse(good), 'specode.model': bad }, null, 2));
       try {
-        await closeAllEditors(page);
-        await openFile(page, 'src/util/money.ts');
         await focusEditor(page);
         await page.keyboard.press('Control+End');
         // Typing asks for completions: the server tries to open the model and fails.
@@ -199,8 +201,7 @@ export const TESTS = [
       } finally {
         writeFileSync(settingsPath, good);
       }
-      // Back to the good model: figures again, and completions work.
-      await closeAllEditors(page);
+      // Back to the good model: the figures come back.
       await waitForStatus(page, /specode.*KV \d/, 120_000);
       await shot('10-bad-model-fixed');
     },
