@@ -89,6 +89,11 @@ export interface Pending {
   key: CompletionKey;
   /** Resolves with the completion text at `key` (undefined if none). */
   result: Promise<string | undefined>;
+  /**
+   * Resolves as soon as something can be shown: the first line of a multi-line
+   * completion (a prefix of `result`'s text), or `result`'s text, whichever comes first.
+   */
+  first?: Promise<string | undefined>;
   cancel(): void;
 }
 
@@ -125,7 +130,10 @@ export class InFlight {
       return undefined;
     }
     this.claims++;
-    return p.result.then((text) => (text === undefined ? undefined : remainder(text, typed)));
+    const rest = (text: string | undefined) => (text === undefined ? undefined : remainder(text, typed));
+    if (!p.first) return p.result.then(rest);
+    // The first line if the typed text leaves some of it, else the whole completion.
+    return p.first.then((text) => rest(text) ?? p.result.then(rest));
   }
 
   /** Number of later keystrokes that reused the running request. */

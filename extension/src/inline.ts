@@ -6,9 +6,9 @@
 // server. A keystroke cancels the request unless the next call claims it
 // (within GRACE_MS), so typing never queues work on the server.
 import * as vscode from 'vscode';
-import { Complete, ErrorCode } from '../../server/src/protocol';
+import { Complete, CompletePartialType, ErrorCode } from '../../server/src/protocol';
 import { AdaptiveDebounce } from './debounce';
-import { InFlight, PrefixCache, suffixHead, type CompletionKey, type Pending } from './completion_cache';
+import { InFlight, PrefixCache, suffixHead, typedSince, type CompletionKey, type Pending } from './completion_cache';
 import { languageEnabled } from './config';
 import type { Ctx } from './ctx';
 
@@ -25,7 +25,8 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider, vsco
   private readonly debounce: AdaptiveDebounce;
   private readonly subscriptions: vscode.Disposable[] = [];
   /** Counters for the details page and the e2e test. */
-  readonly stats = { requests: 0, cacheHits: 0, reused: 0, cancelled: 0, errors: 0 };
+  readonly stats = { requests: 0, cacheHits: 0, reused: 0, cancelled: 0, errors: 0, firstLines: 0, restShown: 0 };
+  private seq = 0;
 
   constructor(private readonly ctx: Ctx) {
     this.debounce = new AdaptiveDebounce({ baseMs: ctx.config.debounceMs });
@@ -70,7 +71,9 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider, vsco
     const pending = this.send(document, position, key);
     this.inflight.start(pending);
     this.releaseOnCancel(token);
-    const text = await pending.result;
+    // The first line of a multi-line completion shows as soon as it is written; when the
+    // rest arrives, send() asks VS Code to ask again, and the prefix cache answers.
+    const text = await (pending.first ?? pending.result);
     if (token.isCancellationRequested) return undefined;
     return item(text);
   }
@@ -88,15 +91,29 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider, vsco
     const t0 = Date.now();
     this.stats.requests++;
     const path = vscode.workspace.asRelativePath(document.uri, false).replace(/\\/g, '/');
+    const partialResultToken = `complete-${process.pid}-${++this.seq}`;
+    let shown: string | undefined;
+    let showFirst: (text: string | undefined) => void = () => undefined;
+    const first = new Promise<string | undefined>((resolve) => (showFirst = resolve));
+    const sub = this.ctx.onProgress(CompletePartialType, partialResultToken, (p) => {
+      if (shown !== undefined || !p.text) return;
+      shown = p.text;
+      this.stats.firstLines++;
+      this.debounce.latency(Date.now() - t0);
+      this.ctx.log(`complete ${path}:${position.line + 1}: first line after ${Date.now() - t0} ms`);
+      showFirst(p.text);
+    });
+    const ckey = { doc: key.doc, prefix: key.prefix, suffixHead: key.suffixHead };
     const result = this.ctx
-      .request(Complete, { path, languageId: document.languageId, prefix: key.prefix, suffix: key.suffix }, cts.token)
+      .request(Complete, { path, languageId: document.languageId, prefix: key.prefix, suffix: key.suffix, partialResultToken }, cts.token)
       .then(
         (r) => {
-          this.debounce.latency(Date.now() - t0);
-          this.cache.put({ doc: key.doc, prefix: key.prefix, suffixHead: key.suffixHead }, r.text);
+          if (shown === undefined) this.debounce.latency(Date.now() - t0);
+          this.cache.put(ckey, r.text);
           this.ctx.log(
             `complete ${path}:${position.line + 1}: ${r.text.length} chars, ${r.generatedTokens} tokens, stop ${r.stopReason}, prompt ${r.promptTokens} (${r.reusedTokens} reused), ${Date.now() - t0} ms`,
           );
+          if (shown !== undefined && r.text.length > shown.length) this.showRest(ckey);
           return r.text || undefined;
         },
         (e: { code?: number; message?: string }) => {
@@ -108,8 +125,26 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider, vsco
           return undefined;
         },
       )
-      .finally(() => cts.dispose());
-    return { key: { doc: key.doc, prefix: key.prefix, suffixHead: key.suffixHead }, result, cancel: () => cts.cancel() };
+      .finally(() => {
+        sub.dispose();
+        cts.dispose();
+      });
+    void result.then(showFirst);
+    return { key: ckey, result, first, cancel: () => cts.cancel() };
+  }
+
+  /**
+   * The rest of a completion whose first line is showing arrived: ask VS Code for
+   * inline completions again (the prefix cache answers) if the user is still where
+   * the completion applies (the same document, the prefix typed along it).
+   */
+  private showRest(key: CompletionKey): void {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || editor.document.uri.toString() !== key.doc || !editor.selection.isEmpty) return;
+    const now = this.key(editor.document, editor.selection.active);
+    if (typedSince(key, now) === undefined) return;
+    this.stats.restShown++;
+    void vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
   }
 
   /** When VS Code cancels this call (a keystroke), cancel the request unless a newer call claims it soon. */

@@ -265,6 +265,34 @@ const LowbitKernels &lowbit_kernels(int g, int head_dim) {
 void lowbit_force_scalar(bool on) { g_force_scalar.store(on); }
 void lowbit_force_fp32(bool on) { g_force_fp32.store(on); }
 
+bool lowbit_debias_default() {
+  static const bool on = [] {
+    const char *e = std::getenv("SPECODE_LOWBIT_DEBIAS");
+    return !(e && *e == '0');
+  }();
+  return on;
+}
+
+// Subtracts σ_r²/2 from the scores of a key group for each query row r (LowbitConfig::debias).
+// Why: the low-bit score is s + e with e the rounding error, and E[exp(s + e)] = exp(s)·E[e^e]
+// > exp(s) (Jensen), so summed over the thousands of rows left in low bit the softmax
+// denominator and the tail's weight come out too large; exp(ŝ - σ²/2) is unbiased for
+// Gaussian e (the sum of head_dim independent uniform errors).
+static void debias_group(const uint16_t *kscale, const float *q, int n_rows, int g, int hd, float *p, int64_t ldp,
+                         float *tmp) {
+  for (int c = 0; c < hd; ++c) {
+    const float d = f16(kscale[c]);
+    tmp[c] = d * d * (1.0f / 24.0f);
+  }
+  for (int r = 0; r < n_rows; ++r) {
+    const float *qr = q + (size_t)r * hd;
+    float v = 0;
+    for (int c = 0; c < hd; ++c) v += qr[c] * qr[c] * tmp[c];
+    float *pr = p + (size_t)r * ldp;
+    for (int j = 0; j < g; ++j) pr[j] -= v;
+  }
+}
+
 void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_rows, const uint64_t *skip, float *p,
                    float *m, float *l, float *acc, LowbitScratch &scratch) {
   const LowbitConfig &cfg = s.cfg_;
@@ -274,12 +302,14 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   const LowbitKernels &kern = lowbit_kernels(g, HD);
   scratch.decoded.resize((size_t)g * HD);
   float *dec = scratch.decoded.data();
+  const bool debias = cfg.debias;
 
   // Scores, key group by key group, from the group decoded once for all rows.
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
     kern.decode_keys(s.key_codes(group, 0), bits, g, HD, &s.kscale_[(size_t)group * HD], &s.kzero_[(size_t)group * HD], dec);
     kern.scores(q, n_rows, dec, g, HD, p + (first - t0), n);
+    if (debias) debias_group(&s.kscale_[(size_t)group * HD], q, n_rows, g, HD, p + (first - t0), n, dec);
     if (any_skipped(skip, first, g))
       for (int j = 0; j < g; ++j)
         if (skipped(skip, first + j))

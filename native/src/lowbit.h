@@ -29,7 +29,14 @@ struct LowbitConfig {
   int head_dim = 64;
   int bits = 2;    // 1 or 2
   int group = 64;  // g: tokens per key group; channels per value group = min(g, head_dim)
+  // Scores estimate exp(true score) without bias: each low-bit score less σ²/2, σ² =
+  // Σ_c q_c² Δ_c² / 12 the variance of its rounding error (Δ_c the key group's level
+  // spacing in channel c; the error uniform in ±Δ_c/2). Off: plain dequantized scores.
+  bool debias = false;
 };
+
+// The debias setting the KV policies use: on, unless SPECODE_LOWBIT_DEBIAS=0.
+bool lowbit_debias_default();
 
 // Scale and zero (fp16-rounded) of a group whose values span [mn, mx].
 void lowbit_params(float mn, float mx, int bits, float *scale, float *zero);

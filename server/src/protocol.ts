@@ -129,7 +129,18 @@ export interface CompleteParams {
   maxTokens?: number;
   /** Most lines in the completion (default 8); 1 forces a single line. */
   maxLines?: number;
+  /**
+   * Progress token for CompletePartial: when the completion may run to several lines,
+   * its first line is sent there as soon as it is complete, before the response.
+   */
+  partialResultToken?: string;
 }
+
+/** The first line of a multi-line completion, ahead of the whole completion (the response). */
+export interface CompletePartial {
+  text: string;
+}
+export const CompletePartialType = new ProgressType<CompletePartial>();
 
 export type CompleteStop = 'eos' | 'boundary' | 'length' | 'cancelled';
 
@@ -141,6 +152,9 @@ export interface CompleteResult {
   prefillMs: number;
   decodeMs: number;
   generatedTokens: number;
+  /** Prompt-lookup draft tokens run in the generation, and how many were kept (absent when none ran). */
+  draftTokens?: number;
+  acceptedDrafts?: number;
 }
 
 /** Inline completion at the cursor. Cancel with $/cancelRequest; a newer one replaces a running one. */
@@ -426,6 +440,7 @@ export function parseCompleteParams(x: unknown): CompleteParams {
     suffix: str(m, o, 'suffix'),
     maxTokens: int(m, o, 'maxTokens', 1, 4096, true),
     maxLines: int(m, o, 'maxLines', 1, 1000, true),
+    partialResultToken: str(m, o, 'partialResultToken', { optional: true }),
   };
   if (p.prefix.length + p.suffix.length > MAX_TEXT) throw new ParamsError(m, `prefix + suffix hold ${p.prefix.length + p.suffix.length} characters; the limit is ${MAX_TEXT}`);
   return dropUndefined(p);

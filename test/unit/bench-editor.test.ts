@@ -19,6 +19,7 @@ import {
   StormTally,
   stormReport,
   timedEdit,
+  EditPlan,
   workspacePathOf,
   CLIENT_PREFIX_CHARS,
   CLIENT_SUFFIX_CHARS,
@@ -275,4 +276,30 @@ test('the real server answers specode/schedulerStats over IPC and stdio, countin
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('edit plan: a jump, then typing on along the same code line, then the next jump', () => {
+  const text = Array.from({ length: 60 }, (_, i) => `  line${i};`).join('\n') + '\n';
+  const doc = {
+    text,
+    cursor: 0,
+    moveTo(at: number) {
+      this.cursor = at;
+    },
+    type(s: string) {
+      this.text = this.text.slice(0, this.cursor) + s + this.text.slice(this.cursor);
+      this.cursor += s.length;
+    },
+  };
+  const plan = new EditPlan(['const value = compute(items, 42);', 'return x + y + z;']);
+  const kinds: string[] = [];
+  for (let i = 0; i < 9; i++) {
+    const lineBefore = doc.text.slice(0, doc.cursor).split('\n').length;
+    const kind = plan.apply(doc, i);
+    kinds.push(kind);
+    if (kind === 'typing') assert.equal(doc.text.slice(0, doc.cursor).split('\n').length, lineBefore, 'typing stays on the line');
+  }
+  assert.deepEqual(kinds.slice(0, 6), ['jump', 'typing', 'typing', 'jump', 'typing', 'typing']);
+  const line = doc.text.slice(doc.text.lastIndexOf('\n', doc.cursor - 1) + 1, doc.cursor).trim();
+  assert.ok(['const value = compute(items, 42);', 'return x + y + z;'].some((s) => s.startsWith(line)), `typed a real line's start: ${line}`);
 });

@@ -85,3 +85,16 @@ test('InFlight: starting a new request cancels the previous one', () => {
   f.start({ key: key('b'), result: new Promise(() => undefined), cancel: () => undefined });
   assert.equal(cancelled, 1);
 });
+
+test('InFlight: a claim answers from the first line while the typed text leaves some of it, else waits for the whole', async () => {
+  const f = new InFlight();
+  const first = deferred<string | undefined>();
+  const whole = deferred<string | undefined>();
+  f.start({ key: key('  const '), result: whole.promise, first: first.promise, cancel: () => undefined });
+  const a = f.claim(key('  const to'));
+  first.resolve('total = a + b;');
+  assert.equal(await a, 'tal = a + b;', 'from the first line, before the whole completion');
+  const b = f.claim(key('  const total = a + b;'));
+  whole.resolve('total = a + b;\n  return total;');
+  assert.equal(await b, '\n  return total;', 'the first line was typed: the rest comes from the whole');
+});

@@ -1,7 +1,7 @@
 // Where inline completions end: one line mid-line, a block otherwise, never into the code after the cursor.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { boundaryContext, cutCompletion, finishCompletion } from '../../server/src/lsp/completion_boundary';
+import { boundaryContext, cutCompletion, finishCompletion, firstLine } from '../../server/src/lsp/completion_boundary';
 
 test('cursor before text on its line: one line only', () => {
   const ctx = boundaryContext('const x = f(', ');\nnext();\n', 8);
@@ -50,4 +50,14 @@ test('finishCompletion judges the last line and drops trailing newlines', () => 
   assert.equal(finishCompletion('return 1;\n}', ctx), 'return 1;');
   assert.equal(finishCompletion('return 1;\n\n', ctx), 'return 1;');
   assert.equal(finishCompletion('x = ', boundaryContext('let ', '', 8)), 'x = ');
+});
+
+test('firstLine: the completed first line of a multi-line completion, a prefix of every cut', () => {
+  const ctx = boundaryContext('function add(a, b) {\n  const s', '\n}\n', 8);
+  assert.equal(firstLine('um = a + b;', ctx), undefined, 'not complete yet');
+  assert.equal(firstLine('um = a + b;  \n  ret', ctx), 'um = a + b;');
+  assert.ok(cutCompletion('um = a + b;\n  return sum;\n\n', ctx).text.startsWith('um = a + b;'));
+  assert.equal(firstLine('\n  return 1;\n', ctx), undefined, 'opens with a line break: no first line');
+  assert.equal(firstLine('x;\nmore', boundaryContext('let v = ', '(1);\n', 8)), undefined, 'single-line completion');
+  assert.equal(firstLine('x;\nmore', boundaryContext('let v = ', '\n', 1)), undefined, 'maxLines 1');
 });

@@ -9,7 +9,7 @@ import type { GenerateOptions, GenerateResult } from '../../server/src/engine/se
 import { UserError } from '../../server/src/errors';
 import type { Engine, EngineModel } from '../../server/src/lsp/engine';
 import { SpecodeService, type CancelToken } from '../../server/src/lsp/handlers';
-import { AskPartialType, ErrorCode, IndexProgressType, type ServerConfig, type ServerStatus } from '../../server/src/protocol';
+import { AskPartialType, CompletePartialType, ErrorCode, IndexProgressType, type ServerConfig, type ServerStatus } from '../../server/src/protocol';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -193,6 +193,20 @@ test('completions stop at a sensible boundary (one line when code follows the cu
   assert.equal(r.text, 'foo(1);');
   assert.equal(r.stopReason, 'boundary');
   assert.ok(engine.generated[0].length < 'foo(1);\nbar();\nbaz();\n'.length, 'generation stopped at the boundary');
+});
+
+test('a multi-line completion sends its first line ahead of the response (CompletePartial)', async () => {
+  const engine = new FakeEngine(() => ['tot', 'al = a', ' + b;\n', '  return', ' total;\n', '}\n'], 2);
+  const { service, progress } = setup(engine);
+  const r = await service.complete({ ...completeParams('function f(a, b) {\n  const ', '\n'), partialResultToken: 'c-1' });
+  const partial = progress.filter((p) => p.type === CompletePartialType && p.token === 'c-1').map((p) => (p.value as { text: string }).text);
+  assert.deepEqual(partial, ['total = a + b;'], 'one partial: the first line');
+  assert.equal(r.text, 'total = a + b;\n  return total;');
+  assert.ok(r.text.startsWith(partial[0]));
+  // Single-line completions (code after the cursor) and requests without a token send none.
+  await service.complete({ ...completeParams('const v = ', ' + 1;\n'), partialResultToken: 'c-2' });
+  await service.complete(completeParams('function g() {\n  const '));
+  assert.equal(progress.filter((p) => p.type === CompletePartialType).length, 1);
 });
 
 test('engine jobs never overlap: index, ask and completions arriving together run one by one', async () => {

@@ -47,8 +47,10 @@ for (const m of models) {
     const engine = tokenizerEngine(t, 4096);
     const b = new PromptBuilder(engine);
     for (const [prefix, suffix] of [['x = ', '\n'], ['\n\n  foo', ''], ['', ''], ['function f() {\n  ', '\n}\n']]) {
-      const built = b.completion('demo', files, 'src/cur.ts', prefix, suffix, 4096, 64);
-      const input = { repoName: 'demo', files: built.files, path: 'src/cur.ts', prefix, suffix: engine.model.fim ? suffix : '' };
+      // A fresh builder each time: the anchor is the cursor's line start.
+      const built = new PromptBuilder(engine).completion('demo', files, 'src/cur.ts', prefix, suffix, 4096, 64);
+      const at = prefix.lastIndexOf('\n') + 1;
+      const input = { repoName: 'demo', files: built.files, path: 'src/cur.ts', prefix: prefix.slice(0, at), middle: prefix.slice(at), suffix: engine.model.fim ? suffix : '' };
       const whole = engine.model.fim ? fimPrompt(input) : plainPrompt(input);
       assert.deepEqual(built.ids, t.encode(whole, { addSpecial: true, parseSpecial: true }), JSON.stringify(prefix));
       assert.equal(built.files.length, 3);
@@ -82,5 +84,43 @@ for (const m of models) {
     assert.deepEqual(c.ids.slice(0, c.headTokens), a.ids.slice(0, a.headTokens));
     assert.deepEqual(a.ids.slice(0, head.ids.length), head.ids, 'the index head is a prefix of every completion prompt');
     assert.ok(c.ids.length <= 4096 - 64, `prompt ${c.ids.length} tokens leaves no room for the answer`);
+  });
+}
+
+// Typing on keeps every token before the cursor's previous position (the suffix
+// included) so only the typed text is recomputed; a jump or a long middle re-anchors.
+{
+  const path = models[1].paths.find((p) => existsSync(p));
+  test('completion prompts keep their anchor while the user types on', { skip: path ? false : 'qwen2.5-coder-0.5b not present' }, async () => {
+    const t = Tokenizer.fromGguf(await readGguf(path!));
+    const engine = tokenizerEngine(t, 4096);
+    const b = new PromptBuilder(engine);
+    const body = Array.from({ length: 40 }, (_, k) => `  const v${k} = compute(${k});\n`).join('');
+    const before = `function main() {\n${body}`;
+    const suffix = '  return v0;\n}\n\nmain();\n';
+    const common = (x: number[], y: number[]) => {
+      let n = 0;
+      while (n < x.length && n < y.length && x[n] === y[n]) n++;
+      return n;
+    };
+    const typed = '  const total = v1 + v2;\n  const avg = total / 2;';
+    let prev = b.completion('demo', files, 'src/cur.ts', before + typed.slice(0, 5), suffix, 4096, 64);
+    const first = t.decode(prev.ids.slice(prev.headTokens), { special: true });
+    assert.ok(first.endsWith('<|fim_middle|>  con'), `the middle is the cursor line: ${JSON.stringify(first.slice(-40))}`);
+    for (let n = 8; n <= typed.length; n += 3) {
+      const next = b.completion('demo', files, 'src/cur.ts', before + typed.slice(0, n), suffix, 4096, 64);
+      const tail = t.decode(next.ids.slice(next.headTokens), { special: true });
+      assert.ok(tail.includes(`<|fim_suffix|>${suffix}<|fim_middle|>${typed.slice(0, n)}`), `the suffix stays before the typed text (${n})`);
+      // Only the last token or two before the old cursor can change (a word grows).
+      assert.ok(common(prev.ids, next.ids) >= prev.ids.length - 2, `typing ${n}: ${common(prev.ids, next.ids)} of ${prev.ids.length} kept`);
+      prev = next;
+    }
+    // A jump to an earlier line takes a new anchor there.
+    const jump = b.completion('demo', files, 'src/cur.ts', `function main() {\n  const v0 = compute(0);\n  let z`, `\n${body.slice(30)}`, 4096, 64);
+    assert.ok(t.decode(jump.ids.slice(jump.headTokens), { special: true }).endsWith('<|fim_middle|>  let z'));
+    // Typing past MIDDLE_MAX_CHARS re-anchors at the cursor's line.
+    const long = Array.from({ length: 40 }, (_, k) => `  extra${k}();\n`).join('');
+    const far = b.completion('demo', files, 'src/cur.ts', `function main() {\n  const v0 = compute(0);\n  let z = 1;\n${long}  q`, suffix, 4096, 64);
+    assert.ok(t.decode(far.ids.slice(far.headTokens), { special: true }).endsWith('<|fim_middle|>  q'));
   });
 }

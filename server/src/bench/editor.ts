@@ -59,6 +59,7 @@ import {
   IndexProgressType,
   SetContext,
   StatusNotification,
+  CompletePartialType,
   type CompleteParams,
   type CompleteResult,
   type KvPolicy,
@@ -87,7 +88,19 @@ export interface EditorOptions {
 
 export interface EditorRow {
   request: number;
+  /** 'jump': the cursor moved to another line first; 'typing': the user typed on where the last request was. */
+  kind: EditKind;
+  /** Request sent → first line (CompletePartial) or the response, whichever came first. */
   first_suggestion_ms: number;
+  /** Request sent → response (the whole completion). */
+  full_ms?: number;
+  /** The first suggestion was a first line sent ahead of the response. */
+  first_line?: boolean;
+  prefill_ms?: number;
+  decode_ms?: number;
+  /** Prompt-lookup draft tokens run / kept (absent when the server ran none). */
+  draft_tokens?: number;
+  accepted_drafts?: number;
   cancelled: boolean;
   prompt_tokens?: number;
   reused_tokens?: number;
@@ -305,7 +318,7 @@ export function lineEnd(text: string, line: number): number {
  * indentation and the first 3–10 characters of a real code line (from
  * `snippets`) are typed. Returns where and what.
  */
-export function timedEdit(text: string, i: number, snippets: readonly string[], window = EDIT_WINDOW_LINES): { at: number; insert: string } {
+export function timedEdit(text: string, i: number, snippets: readonly string[], window = EDIT_WINDOW_LINES): { at: number; insert: string; rest: string } {
   const body = text.endsWith('\n') ? text.slice(0, -1) : text;
   const lines = body.split('\n');
   const w = Math.max(1, Math.min(window, lines.length));
@@ -313,7 +326,34 @@ export function timedEdit(text: string, i: number, snippets: readonly string[], 
   const indent = /^[ \t]*/.exec(lines[line])![0];
   const snippet = snippets.length ? snippets[(i * 13) % snippets.length] : 'x';
   const typed = snippet.slice(0, Math.min(snippet.length, 3 + (i % 8)));
-  return { at: lineEnd(text, line), insert: `\n${indent}${typed}` };
+  return { at: lineEnd(text, line), insert: `\n${indent}${typed}`, rest: snippet.slice(typed.length) };
+}
+
+export type EditKind = 'jump' | 'typing';
+
+/**
+ * The timed edits as a user makes them: a jump (timedEdit: another line, a newline and the
+ * start of a real code line), then up to two requests that type on — the next 2–6
+ * characters of the same code line — before the next jump.
+ */
+export class EditPlan {
+  private rest = '';
+  constructor(private readonly snippets: readonly string[]) {}
+
+  /** Apply the i-th edit to `doc`; returns its kind. */
+  apply(doc: { text: string; moveTo(at: number): void; type(s: string): void }, i: number): EditKind {
+    if (i % 3 !== 0 && this.rest.length > 0) {
+      const n = Math.min(this.rest.length, 2 + (i % 5));
+      doc.type(this.rest.slice(0, n));
+      this.rest = this.rest.slice(n);
+      return 'typing';
+    }
+    const e = timedEdit(doc.text, i, this.snippets);
+    doc.moveTo(e.at);
+    doc.type(e.insert);
+    this.rest = e.rest;
+    return 'jump';
+  }
 }
 
 /** Non-empty trimmed code lines that make natural typing (no very long ones). */
@@ -573,11 +613,8 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
     const doc = new EditorDoc(ws.currentText);
     const snippets = codeSnippets(ws.currentText);
     const params = (): CompleteParams => ({ path: ws.current, languageId: languageIdOf(ws.current), ...doc.windows() });
-    const edit = (i: number) => {
-      const e = timedEdit(doc.text, i, snippets);
-      doc.moveTo(e.at);
-      doc.type(e.insert);
-    };
+    const plan = new EditPlan(snippets);
+    const edit = (i: number) => plan.apply(doc, i);
 
     // Warm-up: the first completion after the index (prefix reuse, prompt caches).
     edit(0);
@@ -588,14 +625,23 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
 
     const rows: EditorRow[] = [];
     for (let i = 0; i < o.requests; i++) {
-      edit(i + 1);
+      const kind = edit(i + 1);
+      const partialResultToken = `complete-${i}`;
+      let firstMs: number | undefined;
       const t0 = performance.now();
+      const sub = conn.onProgress(CompletePartialType, partialResultToken, () => (firstMs ??= performance.now() - t0));
       try {
-        const r: CompleteResult = await conn.sendRequest(Complete, params());
+        const r: CompleteResult = await conn.sendRequest(Complete, { ...params(), partialResultToken });
         const ms = performance.now() - t0;
         rows.push({
           request: i,
-          first_suggestion_ms: round1(ms),
+          kind,
+          first_suggestion_ms: round1(firstMs ?? ms),
+          full_ms: round1(ms),
+          first_line: firstMs !== undefined,
+          prefill_ms: round1(r.prefillMs),
+          decode_ms: round1(r.decodeMs),
+          ...(r.draftTokens !== undefined ? { draft_tokens: r.draftTokens, accepted_drafts: r.acceptedDrafts } : {}),
           cancelled: false,
           prompt_tokens: r.promptTokens,
           reused_tokens: r.reusedTokens,
@@ -604,10 +650,15 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
         });
       } catch (e) {
         if (outcomeOf(e) === 'error') throw e;
-        rows.push({ request: i, first_suggestion_ms: round1(performance.now() - t0), cancelled: true });
+        rows.push({ request: i, kind, first_suggestion_ms: round1(performance.now() - t0), cancelled: true });
+      } finally {
+        sub.dispose();
       }
       const row = rows[rows.length - 1];
-      log(`editor: request ${i + 1}/${o.requests}: ${row.first_suggestion_ms} ms${row.cancelled ? ' (cancelled)' : `, prompt ${row.prompt_tokens} (${row.reused_tokens} reused), ${row.generated_tokens} tokens`}`);
+      log(
+        `editor: request ${i + 1}/${o.requests} (${kind}): ${row.first_suggestion_ms} ms` +
+          (row.cancelled ? ' (cancelled)' : `${row.first_line ? ` first line, ${row.full_ms} ms whole` : ''}, prompt ${row.prompt_tokens} (${row.reused_tokens} reused), ${row.generated_tokens} tokens`),
+      );
     }
     const timed = rows.filter((r) => !r.cancelled).map((r) => r.first_suggestion_ms);
 
@@ -658,6 +709,19 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
     env.rows = rows;
     env.p50_ms = timed.length ? round1(percentile(timed, 50)) : null;
     env.p95_ms = timed.length ? round1(percentile(timed, 95)) : null;
+    const answered = rows.filter((r) => !r.cancelled);
+    const pct = (xs: number[], p: number) => (xs.length ? round1(percentile(xs, p)) : null);
+    env.by_kind = Object.fromEntries(
+      (['jump', 'typing'] as const).map((k) => {
+        const xs = answered.filter((r) => r.kind === k).map((r) => r.first_suggestion_ms);
+        return [k, { requests: xs.length, p50_ms: pct(xs, 50), p95_ms: pct(xs, 95) }];
+      }),
+    );
+    const full = answered.map((r) => r.full_ms ?? r.first_suggestion_ms);
+    env.full_p50_ms = pct(full, 50);
+    const drafts = answered.reduce((n, r) => n + (r.draft_tokens ?? 0), 0);
+    env.lookup = { draft_tokens: drafts, accepted_drafts: answered.reduce((n, r) => n + (r.accepted_drafts ?? 0), 0), server_env_SPECODE_LOOKUP_DRAFT: process.env.SPECODE_LOOKUP_DRAFT ?? null };
+    env.full_p95_ms = pct(full, 95);
     env.storm = storm;
     env.policy = o.policy;
     env.kv_bits = o.bits;
@@ -669,8 +733,8 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
     env.warmup = { first_suggestion_ms: round1(warmMs), prompt_tokens: warm.promptTokens, reused_tokens: warm.reusedTokens };
     env.notes = [
       `server ${basename(serverJs)} over ${o.transport === 'ipc' ? 'Node IPC (as extension/src/client.ts starts it)' : 'stdio'}; contextTokens ${o.ctx}, policy ${o.policy}, CPU backend, ${o.threads} threads`,
-      'first_suggestion_ms: specode/complete sent → response received (the request does not stream); p50/p95 by linear interpolation over the rows not cancelled',
-      `timed requests: each after typing a newline and 3–10 characters of real code at the end of one of the last ${EDIT_WINDOW_LINES} lines of ${ws.current}; no textDocument/didChange (the client registers no documents), the edit travels in the request's prefix/suffix`,
+      'first_suggestion_ms: specode/complete sent → the first line of a multi-line completion (CompletePartial progress, which the client shows as ghost text at once) or the response, whichever comes first; full_ms: → the response (the whole completion); p50/p95 by linear interpolation over the rows not cancelled',
+      `timed requests: a jump (the cursor goes to the end of one of the last ${EDIT_WINDOW_LINES} lines of ${ws.current}, a newline and 3–10 characters of a real code line are typed), then up to two requests after typing on (the next 2–6 characters of that line), then the next jump; by_kind splits them; no textDocument/didChange (the client registers no documents), the edit travels in the request's prefix/suffix`,
       'storm: each keystroke types one character and sends specode/complete after cancelling the previous request ($/cancelRequest), with no debounce (harsher than the client); max_running/max_waiting/max_pending are the server scheduler peaks during the storm; rss_* are the server VmRSS (bytes) before the storm and 1 s after it drained',
     ];
     return env;

@@ -37,7 +37,7 @@ const FLAGS: Record<string, FlagSpec> = {
   seed: { type: 'number', help: 'fidelity: seed of every input choice', default: 1 },
   haystack: { type: 'string', help: 'fidelity: haystack documents (mixed | code | prose)', default: 'mixed' },
   measure: { type: 'boolean', help: "fidelity: specache computes each step's true top-k for top-k overlap (--measure=false to skip)", default: true },
-  out: { type: 'string', help: 'fidelity: also write the JSON to this file after every finished row' },
+  out: { type: 'string', help: 'write the JSON to this file (fidelity / policies: after every finished row as well)' },
   requests: { type: 'number', help: 'editor: timed completions after the warm-up', default: 30 },
   'storm-keystrokes': { type: 'number', help: 'editor: keystrokes in the storm (each one a completion request)', default: 200 },
   'storm-seconds': { type: 'number', help: 'editor: seconds the storm keystrokes are spread over', default: 10 },
@@ -107,6 +107,10 @@ export async function runBench(argv: string[]): Promise<number> {
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
       peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
+  }
+  if (p.flags.out) {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(String(p.flags.out), JSON.stringify(result, null, 2) + '\n');
   }
   if (p.flags.json) console.log(JSON.stringify(result, null, 2));
   else printSummary(result);
@@ -191,7 +195,9 @@ function printSummary(r: Envelope): void {
     const s = r.storm as { keystrokes: number; duration_ms: number; max_running: number | null; max_waiting: number | null; rss_before: number | null; rss_after: number | null; drain_ms: number | null; answered: number; cancelled: number; superseded: number; errors: number };
     const mib = (b: number | null) => (b === null ? '—' : `${(b / 1048576).toFixed(1)} MiB`);
     const rows = r.rows as { cancelled: boolean }[];
-    console.log(`completion, ctx ${r.ctx}: p50 ${r.p50_ms} ms, p95 ${r.p95_ms} ms over ${rows.filter((x) => !x.cancelled).length} requests (${rows.filter((x) => x.cancelled).length} cancelled)`);
+    console.log(`completion, ctx ${r.ctx}: first suggestion p50 ${r.p50_ms} ms, p95 ${r.p95_ms} ms over ${rows.filter((x) => !x.cancelled).length} requests (${rows.filter((x) => x.cancelled).length} cancelled); whole completion p50 ${r.full_p50_ms} ms, p95 ${r.full_p95_ms} ms`);
+    const kinds = r.by_kind as Record<string, { requests: number; p50_ms: number | null; p95_ms: number | null }>;
+    for (const [k, v] of Object.entries(kinds)) console.log(`  ${k.padEnd(6)} ${v.requests} requests: first suggestion p50 ${v.p50_ms ?? '—'} ms, p95 ${v.p95_ms ?? '—'} ms`);
     console.log(`storm: ${s.keystrokes} keystrokes in ${(s.duration_ms / 1000).toFixed(1)} s, max running ${s.max_running ?? '—'}, max waiting ${s.max_waiting ?? '—'}, drained ${s.drain_ms ?? '—'} ms after the last keystroke; answered ${s.answered}, cancelled ${s.cancelled}, superseded ${s.superseded}, errors ${s.errors}`);
     console.log(`server RSS: ${mib(s.rss_before)} before, ${mib(s.rss_after)} after`);
     return;

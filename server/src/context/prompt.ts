@@ -40,6 +40,12 @@ export interface FimPromptInput {
   path: string;
   prefix: string;
   suffix: string;
+  /**
+   * Text already typed between `prefix` and the cursor, placed after <|fim_middle|>
+   * (the model continues it). Typing only appends to it, so the KV of everything
+   * before it, the suffix included, stays valid from keystroke to keystroke.
+   */
+  middle?: string;
 }
 
 /**
@@ -65,15 +71,16 @@ export function repoHeadParts(repoName: string, files: RepoFile[], fim: boolean)
 /**
  * Repo-level fill-in-the-middle: the repo head, then the current file as
  *   <|file_sep|>path\n<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>
+ * then the start of the middle that is already typed, if any.
  * Returned as text with the special tokens spelled out (the tokenizer parses them).
  */
 export function fimPrompt(inp: FimPromptInput): string {
-  return `${repoHead(inp.repoName, inp.files, true)}<|file_sep|>${inp.path}\n<|fim_prefix|>${inp.prefix}<|fim_suffix|>${inp.suffix}<|fim_middle|>`;
+  return `${repoHead(inp.repoName, inp.files, true)}<|file_sep|>${inp.path}\n<|fim_prefix|>${inp.prefix}<|fim_suffix|>${inp.suffix}<|fim_middle|>${inp.middle ?? ''}`;
 }
 
 /** Plain continuation prompt for models without FIM tokens. */
 export function plainPrompt(inp: FimPromptInput): string {
-  return `${repoHead(inp.repoName, inp.files, false)}// File: ${inp.path}\n${inp.prefix}`;
+  return `${repoHead(inp.repoName, inp.files, false)}// File: ${inp.path}\n${inp.prefix}${inp.middle ?? ''}`;
 }
 
 /** Marks where a question prompt's own part starts (after the shared repo head). */

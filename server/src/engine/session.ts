@@ -15,6 +15,14 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Called with each new piece of text as soon as it is complete UTF-8. */
   onText?: (piece: string) => void;
+  /**
+   * Prompt-lookup drafts (greedy sampling only; ignored otherwise): when the last
+   * `ngram` tokens occurred before in the prompt or the output, the tokens that
+   * followed them there (at most `maxDraft`) are run with the next token in one
+   * forward pass and kept while they equal the model's own argmax — the output is
+   * the greedy output, produced in fewer passes when the text repeats.
+   */
+  lookup?: { maxDraft: number; ngram?: number };
 }
 
 export interface GenerateResult {
@@ -26,6 +34,26 @@ export interface GenerateResult {
   reusedTokens: number;
   prefillMs: number;
   decodeMs: number;
+  /** Prompt lookup: draft tokens run, and how many of them were kept. */
+  draftTokens?: number;
+  acceptedDrafts?: number;
+}
+
+/**
+ * Prompt lookup: the tokens that followed the most recent earlier occurrence of
+ * seq's last `ngram` tokens (longest match first, down to 2), at most `maxDraft`.
+ */
+export function lookupDraft(seq: readonly number[], ngram: number, maxDraft: number): number[] {
+  const len = seq.length;
+  for (let n = Math.min(ngram, len - 1); n >= 2; n--) {
+    const tail = len - n;
+    for (let i = tail - 1; i >= 0; i--) {
+      let j = 0;
+      while (j < n && seq[i + j] === seq[tail + j]) j++;
+      if (j === n) return seq.slice(i + n, Math.min(len, i + n + maxDraft)) as number[];
+    }
+  }
+  return [];
 }
 
 export class Session {
@@ -108,17 +136,18 @@ export class Session {
       const decoder = this.tokenizer.streamDecoder();
       let text = '';
       let emitted = 0;  // chars of text already passed to onText
-      let stopReason: GenerateResult['stopReason'] = 'length';
+      let stopReason = 'length' as GenerateResult['stopReason'];
       const holdBack = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
-      while (out.length < maxTokens) {
-        if (opts.signal?.aborted) {
-          stopReason = 'cancelled';
-          break;
-        }
-        const tok = sampler.sample(this.ctx);
+      const greedy = (opts.sampler?.temperature ?? 0) <= 0;
+      const lookup = greedy && opts.lookup && opts.lookup.maxDraft > 0 ? opts.lookup : undefined;
+      const nVocab = this.info.nVocab;
+      let draftTokens = 0;
+      let acceptedDrafts = 0;
+      /** Takes a generated token; false when generation ends with it (end of generation, a stop, the limit). */
+      const take = (tok: number): boolean => {
         if (this.tokenizer.isEog(tok)) {
           stopReason = 'eos';
-          break;
+          return false;
         }
         out.push(tok);
         sampler.accept(tok);
@@ -134,17 +163,48 @@ export class Session {
           opts.onText?.(text.slice(emitted, safe));
           emitted = safe;
         }
-        if (stopReason === 'stop' || out.length >= maxTokens) break;
-        try {
-          await this.ctx.decode(Int32Array.of(tok), { wantLogits: false });
-          this.cached.push(tok);
-        } catch (e) {
-          if (isCancel(e)) {
+        return stopReason !== 'stop' && out.length < maxTokens;
+      };
+      try {
+        let tok = -1;
+        for (;;) {
+          if (opts.signal?.aborted) {
             stopReason = 'cancelled';
             break;
           }
-          throw e;
+          if (tok < 0) tok = sampler.sample(this.ctx);
+          if (!take(tok)) break;
+          const draft = lookup ? lookupDraft([...ids, ...out], lookup.ngram ?? 3, Math.min(lookup.maxDraft, maxTokens - out.length)) : [];
+          if (draft.length === 0) {
+            await this.ctx.decode(Int32Array.of(tok), { wantLogits: false });
+            this.cached.push(tok);
+            tok = -1;
+            continue;
+          }
+          // tok and the draft in one pass: row r is the model's next token after draft[0..r).
+          const logits = (await this.ctx.decode(Int32Array.of(tok, ...draft), { allLogits: true }))!;
+          const row = (r: number) => logits.subarray(r * nVocab, (r + 1) * nVocab);
+          let kept = 0;
+          while (kept < draft.length && sampler.sampleLogits(row(kept)) === draft[kept]) kept++;
+          draftTokens += draft.length;
+          acceptedDrafts += kept;
+          if (kept < draft.length) this.ctx.truncate(this.ctx.nPast - (draft.length - kept));
+          this.cached.push(tok, ...draft.slice(0, kept));
+          let more = true;
+          for (let i = 0; i < kept && more; i++) more = take(draft[i]);
+          if (!more) {
+            // Ended inside the draft: drop the KV of tokens after the last one output.
+            const keep = ids.length + out.length;
+            if (this.ctx.nPast > keep) this.ctx.truncate(keep);
+            this.cached = this.cached.slice(0, this.ctx.nPast);
+            break;
+          }
+          tok = sampler.sampleLogits(row(kept));
         }
+      } catch (e) {
+        // Cancelled mid-pass: `cached` still describes the KV's first positions (the next prefill trims the rest).
+        if (!isCancel(e)) throw e;
+        stopReason = 'cancelled';
       }
       if (stopReason !== 'stop') {
         text += decoder.flush();
@@ -158,6 +218,7 @@ export class Session {
         reusedTokens: reused,
         prefillMs: t1 - t0,
         decodeMs: performance.now() - t1,
+        ...(lookup ? { draftTokens, acceptedDrafts } : {}),
       };
     } finally {
       sampler.free();

@@ -78,3 +78,18 @@ export function finishCompletion(text: string, ctx: BoundaryContext): string {
   const cut = cutCompletion(text + '\n', ctx);
   return (cut.done ? cut.text : text).replace(/\s+$/, (ws) => (ws.includes('\n') ? '' : ws));
 }
+
+/**
+ * The first line of a completion that may run to several lines, once it is complete
+ * (a newline followed it) and holds some non-blank text: the start of the cursor's line
+ * continued. Every later cut keeps at least this line, so it is a prefix of the final
+ * completion. Undefined while the line is still being written, when the completion
+ * opens with a line break, or when it is single-line anyway.
+ */
+export function firstLine(text: string, ctx: BoundaryContext): string | undefined {
+  if (ctx.lineSuffix.trim() !== '' || ctx.maxLines === 1) return undefined;
+  const nl = text.indexOf('\n');
+  if (nl < 0) return undefined;
+  const line = text.slice(0, nl).trimEnd();
+  return line.trim() === '' ? undefined : line;
+}

@@ -9,6 +9,7 @@ import { ResponseError, type ProgressType } from 'vscode-languageserver-protocol
 import { isUserError } from '../errors';
 import {
   AskPartialType,
+  CompletePartialType,
   ErrorCode,
   FetchModelProgressType,
   IndexProgressType,
@@ -35,7 +36,7 @@ import {
   type SetContextResult,
 } from '../protocol';
 import { attentionByFile, citeFiles } from './citations';
-import { boundaryContext, cutCompletion, finishCompletion } from './completion_boundary';
+import { boundaryContext, cutCompletion, finishCompletion, firstLine } from './completion_boundary';
 import type { Engine, EngineFactory } from './engine';
 import { PromptBuilder } from './prompts';
 import { CancelledError, Scheduler, SupersededError, type JobKind } from './scheduler';
@@ -58,6 +59,18 @@ export interface ServiceDeps {
   log(message: string): void;
   /** Minimum ms between figure-only status messages (default 250). */
   statusIntervalMs?: number;
+}
+
+/**
+ * Most prompt-lookup draft tokens per pass in completions (session.ts GenerateOptions.lookup):
+ * code repeats itself, and a run of tokens copied from the context costs one pass instead of one each.
+ */
+const LOOKUP_DRAFT = lookupDraftSetting(process.env.SPECODE_LOOKUP_DRAFT);
+
+/** SPECODE_LOOKUP_DRAFT: 0 turns prompt lookup off (A/B runs of `bench editor`); default 6. */
+export function lookupDraftSetting(v: string | undefined): number {
+  const n = v === undefined || v === '' ? 6 : Number(v);
+  return Number.isInteger(n) && n >= 0 && n <= 32 ? n : 6;
 }
 
 /** Tokens per prefill step while indexing (progress and cancel granularity). */
@@ -201,9 +214,11 @@ export class SpecodeService {
       const local = linkedController(signal);
       let streamed = '';
       let cut: string | undefined;
+      let sentFirst = p.partialResultToken === undefined;
       const r = await engine.generate(built.ids, {
         maxTokens,
         sampler: { temperature: 0 },
+        lookup: { maxDraft: LOOKUP_DRAFT },
         signal: local.signal,
         onText: (piece) => {
           if (cut !== undefined) return;
@@ -212,6 +227,15 @@ export class SpecodeService {
           if (c.done) {
             cut = c.text;
             local.abort();
+            return;
+          }
+          if (!sentFirst) {
+            // The editor shows the first line now; the rest follows in the response.
+            const line = firstLine(streamed, bctx);
+            if (line !== undefined) {
+              sentFirst = true;
+              this.deps.sendProgress(CompletePartialType, p.partialResultToken!, { text: line });
+            }
           }
         },
       });
@@ -227,6 +251,7 @@ export class SpecodeService {
         prefillMs: r.prefillMs,
         decodeMs: r.decodeMs,
         generatedTokens: r.tokens.length,
+        ...(r.draftTokens !== undefined ? { draftTokens: r.draftTokens, acceptedDrafts: r.acceptedDrafts } : {}),
       };
     });
   }

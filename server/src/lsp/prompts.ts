@@ -23,8 +23,16 @@ export const SUFFIX_CHARS = 3_000;
 export function currentFileReserve(nCtx: number): number {
   return Math.min(nCtx >> 1, Math.max(1024, Math.floor(nCtx / 4)));
 }
-/** Most tokens of the current file after the cursor: everything after an edit is recomputed. */
-const SUFFIX_TOKENS = 256;
+/**
+ * Most tokens of the current file after the cursor. The suffix is recomputed whenever
+ * the prompt changes before it (the cursor moved to another line): ~6 ms a token on
+ * two CPU cores at 8k context, so 128 tokens (~10 lines) costs ~0.8 s at a jump.
+ */
+const SUFFIX_TOKENS = 128;
+/** Most characters typed after the anchor before a new one is taken (see completion). */
+export const MIDDLE_MAX_CHARS = 400;
+/** Files whose anchors are remembered. */
+const MAX_ANCHORS = 8;
 
 export interface BuiltPrompt {
   ids: number[];
@@ -45,10 +53,20 @@ function toRepoFile(f: ContextFile): RepoFile {
   return { path: f.path, text: f.text, mtimeMs: f.mtimeMs, bytes: f.text.length };
 }
 
+/** Where the last completion prompt of a file split the text before the cursor. */
+interface Anchor {
+  /** The prompt's text between <|fim_prefix|> and <|fim_suffix|>: the prefix up to the anchor (a line start). */
+  head: string;
+  /** The head started after the prefix's start (a long file: its start was dropped for the budget). */
+  trimmed: boolean;
+}
+
 /** Caches token counts per file content and the encoding of the most recent heads. */
 export class PromptBuilder {
   private readonly counts = new Map<string, number>();
   private heads = new Map<string, number[]>();
+  /** Per file: the prefix text before the last completion's anchor (see completion). */
+  private readonly anchors = new Map<string, Anchor>();
 
   constructor(private readonly engine: Engine) {}
 
@@ -88,10 +106,18 @@ export class PromptBuilder {
     return { files: kept, dropped: candidates.length - kept.length };
   }
 
-  /** Completion prompt: repo head, then the current file with the cursor. */
+  /**
+   * Completion prompt: repo head, then the current file with the cursor, as
+   *   <|fim_prefix|>{prefix up to the anchor}<|fim_suffix|>{suffix}<|fim_middle|>{anchor → cursor}
+   * The anchor is a line start at or before the cursor that stays put while the user
+   * types on (see Anchor): typing then only appends to the middle, so the prompt's
+   * tokens up to the cursor's last position stay the same and their KV is reused —
+   * the suffix included. A new anchor (the cursor's line start) is taken when the
+   * cursor leaves the anchored stretch, the middle grows past MIDDLE_MAX_CHARS, or
+   * the file part no longer fits its budget.
+   */
   completion(repoName: string, files: readonly ContextFile[], path: string, prefix: string, suffix: string, contextTokens: number, maxTokens: number): BuiltPrompt {
     const nCtx = Math.min(contextTokens, this.engine.model.nCtx);
-    let pre = prefix.length > PREFIX_CHARS ? prefix.slice(prefix.indexOf('\n', prefix.length - PREFIX_CHARS) + 1) : prefix;
     let suf = suffix.length > SUFFIX_CHARS ? suffix.slice(0, suffix.lastIndexOf('\n', SUFFIX_CHARS) + 1 || SUFFIX_CHARS) : suffix;
     if (!this.engine.model.fim) suf = '';
     // The current file gets what the head leaves (see currentFileReserve): the suffix at most
@@ -99,21 +125,59 @@ export class PromptBuilder {
     const reserve = currentFileReserve(nCtx);
     const fileBudget = Math.max(64, reserve - maxTokens - this.engine.count(path) - 32);
     const sufBudget = Math.min(SUFFIX_TOKENS, Math.floor(fileBudget / 4));
-    while (suf.length > 0 && this.engine.count(suf) > sufBudget) {
+    const counter = this.counter();
+    while (suf.length > 0 && counter.count(suf) > sufBudget) {
       const cut = suf.lastIndexOf('\n', Math.floor((suf.length * 3) / 4));
       suf = cut <= 0 ? suf.slice(0, Math.floor(suf.length / 2)) : suf.slice(0, cut + 1);
     }
-    const prefixBudget = fileBudget - this.engine.count(suf);
-    while (pre.length > 0 && this.engine.count(pre) > prefixBudget) {
-      const cut = pre.indexOf('\n', Math.floor(pre.length / 4));
-      pre = cut < 0 ? pre.slice(Math.floor(pre.length / 2)) : pre.slice(cut + 1);
+    const prefixBudget = fileBudget - counter.count(suf);
+    let split = this.anchored(path, prefix, prefixBudget);
+    if (!split) {
+      let pre = prefix.length > PREFIX_CHARS ? prefix.slice(prefix.indexOf('\n', prefix.length - PREFIX_CHARS) + 1) : prefix;
+      while (pre.length > 0 && counter.count(pre) > prefixBudget) {
+        const cut = pre.indexOf('\n', Math.floor(pre.length / 4));
+        pre = cut < 0 ? pre.slice(Math.floor(pre.length / 2)) : pre.slice(cut + 1);
+      }
+      const at = pre.lastIndexOf('\n') + 1;
+      split = { head: pre.slice(0, at), middle: pre.slice(at), trimmed: pre.length < prefix.length };
     }
+    this.anchors.delete(path);
+    this.anchors.set(path, { head: split.head, trimmed: split.trimmed });
+    if (this.anchors.size > MAX_ANCHORS) this.anchors.delete(this.anchors.keys().next().value as string);
     const budget = nCtx - reserve;
     const fit = this.fit(files, budget, path);
-    const input = { repoName: repoName || 'repo', files: fit.files, path, prefix: pre, suffix: suf };
+    const input = { repoName: repoName || 'repo', files: fit.files, path, prefix: split.head, suffix: suf, middle: split.middle };
     const whole = this.engine.model.fim ? fimPrompt(input) : plainPrompt(input);
     const marker = this.engine.model.fim ? `<|file_sep|>${path}\n<|fim_prefix|>` : `// File: ${path}\n`;
     return this.split(whole, whole.lastIndexOf(marker), fit);
+  }
+
+  /**
+   * The last anchor of `path` if it still holds for `prefix`: the text before it
+   * (what the last prompt had between <|fim_prefix|> and <|fim_suffix|>) ends at most
+   * MIDDLE_MAX_CHARS before the cursor and still fits `budget` with the middle.
+   */
+  private anchored(path: string, prefix: string, budget: number): { head: string; middle: string; trimmed: boolean } | undefined {
+    const anchor = this.anchors.get(path);
+    if (anchor === undefined) return undefined;
+    const { head, trimmed } = anchor;
+    // The anchor is a line start (or the prefix's start) within the last MIDDLE_MAX_CHARS.
+    let end = -1;
+    for (let e = prefix.length; e >= Math.max(0, prefix.length - MIDDLE_MAX_CHARS); e--) {
+      if (e > 0 && prefix.charCodeAt(e - 1) !== 10) continue;
+      const at = e - head.length;
+      // Text before the head is dropped only if the last prompt dropped some too (a long file).
+      if (at === 0 || (at > 0 && trimmed && head.length > 0 && prefix.charCodeAt(at - 1) === 10)) {
+        if (!prefix.startsWith(head, at)) continue;
+        end = e;
+        break;
+      }
+    }
+    if (end < 0) return undefined;
+    const middle = prefix.slice(end);
+    const counter = this.counter();
+    if (counter.count(head) + this.engine.count(middle) > budget) return undefined;
+    return { head, middle, trimmed: end - head.length > 0 };
   }
 
   /** The repo head alone (what `index` prefills): the same bytes the completion prompt starts with. */
