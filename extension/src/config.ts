@@ -21,6 +21,7 @@ export const DEFAULTS = {
   kvPolicy: 'specache' as KvPolicy,
   kvBits: 2 as 1 | 2,
   topK: 64,
+  kvDiskCache: true,
   'inline.debounceMs': 120,
   'inline.languages': ['*'] as string[],
 };
@@ -35,6 +36,7 @@ export interface Config {
   kvPolicy: KvPolicy;
   kvBits: 1 | 2;
   topK: number;
+  kvDiskCache: boolean;
   debounceMs: number;
   languages: string[];
 }
@@ -59,13 +61,14 @@ export function readConfig(src: ConfigSource): Config {
     kvPolicy: KV_POLICIES.includes(kvPolicy) ? kvPolicy : DEFAULTS.kvPolicy,
     kvBits: kvBits === 1 || kvBits === 2 ? kvBits : DEFAULTS.kvBits,
     topK: intIn(get('topK'), 1, 1 << 16, DEFAULTS.topK),
+    kvDiskCache: get('kvDiskCache') !== false,
     debounceMs: intIn(get('inline.debounceMs'), 0, 5000, DEFAULTS['inline.debounceMs']),
     languages: Array.isArray(languages) ? languages.filter((l): l is string => typeof l === 'string') : DEFAULTS['inline.languages'],
   };
 }
 
 export function toServerConfig(c: Config): ServerConfig {
-  return { model: c.model, backend: c.backend, deviceBudgetMiB: c.deviceBudgetMiB, contextTokens: c.contextTokens, kvPolicy: c.kvPolicy, kvBits: c.kvBits, topK: c.topK };
+  return { model: c.model, backend: c.backend, deviceBudgetMiB: c.deviceBudgetMiB, contextTokens: c.contextTokens, kvPolicy: c.kvPolicy, kvBits: c.kvBits, topK: c.topK, kvDiskCache: c.kvDiskCache };
 }
 
 /** Whether inline completions are on for a language id. */

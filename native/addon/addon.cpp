@@ -364,6 +364,10 @@ napi_value ctx_metrics(napi_env env, napi_callback_info info) {
   set_num(env, o, "prefixReusedTokens", (double)m.prefix_reused_tokens);
   set_num(env, o, "hostPagesReferenced", (double)m.host_pages_referenced);
   set_num(env, o, "hostPagesCached", (double)m.host_pages_cached);
+  set_num(env, o, "diskPagesLoaded", (double)m.disk_pages_loaded);
+  set_num(env, o, "diskPagesSaved", (double)m.disk_pages_saved);
+  set_num(env, o, "diskPagesRejected", (double)m.disk_pages_rejected);
+  set_num(env, o, "diskBytes", (double)m.disk_bytes);
   return o;
 }
 
@@ -522,6 +526,9 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   p.kv_budget = (int32_t)opt_num(env, opts, "budget", p.kv_budget);
   p.kv_budget_ratio = (float)opt_num(env, opts, "budgetRatio", p.kv_budget_ratio);
   p.kv_sinks = (int32_t)opt_num(env, opts, "sinks", p.kv_sinks);
+  const std::string disk_dir = opt_str(env, opts, "diskCacheDir", "");
+  p.kv_disk_dir = disk_dir.c_str();
+  p.kv_disk_max_bytes = (uint64_t)opt_num(env, opts, "diskCacheMaxBytes", 0);
   specode_context *ctx = nullptr;
   int32_t st = specode_context_init(h->model, &p, &ctx);
   if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;

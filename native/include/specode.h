@@ -139,6 +139,11 @@ typedef struct specode_context_params {
                             best by the low-bit scores, then the kv_topk best of those by exact
                             scores over their fp16 host rows; 1: one stage, as the SpeCache paper;
                             1..16, default 4 (0: 1) */
+  const char *kv_disk_dir; /* paged policies: disk tier of the host pages — full pages are saved
+                              under <kv_disk_dir>/<model id>/ and adopted from there by a later
+                              context of the same weights instead of recomputed; corrupt or stale
+                              files are detected and recomputed. NULL or "" (default): off */
+  uint64_t kv_disk_max_bytes; /* cap on the model's directory, oldest pages out; 0: 4 GiB */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);
@@ -243,6 +248,10 @@ typedef struct specode_kv_metrics {
   uint64_t prefix_reused_tokens;    /* tokens taken from cached pages instead of recomputed */
   uint64_t host_pages_referenced;   /* host pages held by the sequence */
   uint64_t host_pages_cached;       /* unreferenced host pages kept for prefix reuse */
+  uint64_t disk_pages_loaded;       /* disk tier (kv_disk_dir): pages read instead of recomputed */
+  uint64_t disk_pages_saved;        /* ... pages written */
+  uint64_t disk_pages_rejected;     /* ... files found corrupt or stale (deleted, recomputed) */
+  uint64_t disk_bytes;              /* ... bytes in the model's directory */
 } specode_kv_metrics;
 
 /* Snapshot of the metrics as of the end of the last decode (safe to call

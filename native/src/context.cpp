@@ -1,5 +1,7 @@
 #include "context.h"
 
+#include "kv_disk.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -146,6 +148,11 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
     pc.residual = cfg_.kv_residual;
     pc.measure = cfg_.kv_measure;
     pc.n_threads = pool().size();
+    if (!cfg_.kv_disk_dir.empty()) {
+      pc.disk_dir = cfg_.kv_disk_dir;
+      pc.disk_max_bytes = cfg_.kv_disk_max_bytes;
+      pc.model_id = KvDisk::model_identity(model->file.bytes(), model->file.file_size());
+    }
     kv_ = make_paged_kv_cache(shape, pc);
   }
 
@@ -440,6 +447,10 @@ void Context::publish_metrics() {
   m.prefix_reused_tokens = k.prefix_reused_tokens;
   m.host_pages_referenced = k.host_pages_referenced;
   m.host_pages_cached = k.host_pages_cached;
+  m.disk_pages_loaded = k.disk_pages_loaded;
+  m.disk_pages_saved = k.disk_pages_saved;
+  m.disk_pages_rejected = k.disk_pages_rejected;
+  m.disk_bytes = k.disk_bytes;
   std::lock_guard<std::mutex> lock(metrics_mutex_);
   snapshot_ = m;
 }

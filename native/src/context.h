@@ -31,6 +31,8 @@ struct ContextConfig {
   int kv_budget = 0;             // h2o, streamingllm: see BaselineKvConfig
   float kv_budget_ratio = 0.2f;
   int kv_sinks = 4;
+  std::string kv_disk_dir;         // paged policies: the disk tier's directory ('' = off)
+  uint64_t kv_disk_max_bytes = 0;  // its cap (0: 4 GiB)
   // When set, builds the KV cache instead of the policy (the tailorkv profile
   // runs the model over a measuring cache this way).
   std::function<std::unique_ptr<KvCache>(const KvShape &)> make_kv;

@@ -105,6 +105,8 @@ specode_context_params specode_context_default_params(void) {
   p.kv_budget_ratio = 0.0f;  // 0.2
   p.kv_sinks = 4;
   p.kv_rerank = 4;
+  p.kv_disk_dir = nullptr;
+  p.kv_disk_max_bytes = 0;
   return p;
 }
 
@@ -200,6 +202,8 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_budget = params->kv_budget;
   cfg.kv_budget_ratio = budget_ratio;
   cfg.kv_sinks = params->kv_sinks;
+  if (paged && params->kv_disk_dir && *params->kv_disk_dir) cfg.kv_disk_dir = params->kv_disk_dir;
+  cfg.kv_disk_max_bytes = params->kv_disk_max_bytes;
   try {
     *out = new specode_context{std::make_unique<specode::Context>(model->impl.get(), cfg)};
     return SPECODE_OK;

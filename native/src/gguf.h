@@ -52,6 +52,7 @@ class GgufFile {
   const std::string &path() const { return path_; }
   uint32_t version() const { return version_; }
   uint64_t file_size() const { return size_; }
+  const uint8_t *bytes() const { return map_; }  // the whole mapped file
   uint64_t data_bytes() const { return size_ - data_offset_; }
 
   const GgufValue *get(const std::string &key) const;

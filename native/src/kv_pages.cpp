@@ -1,5 +1,7 @@
 #include "kv_pages.h"
 
+#include "kv_disk.h"
+
 #include <algorithm>
 #include <cassert>
 #include <cstring>
@@ -112,6 +114,39 @@ void KvPages::register_full(Sequence &s, int logical) {
   m.parent = parent;
   m.tokens.assign(ids, ids + P);
   hash_index_[h] = s.pages[logical];
+  if (disk_) unsaved_.push_back(s.pages[logical]);
+}
+
+PageId KvPages::load_from_disk(uint64_t parent, const int32_t *tokens) {
+  const int P = cfg_.page_tokens;
+  const uint64_t h = chain_hash(parent, tokens, P);
+  if (!disk_ || !disk_->has(h) || hash_index_.count(h)) return -1;
+  const PageId page = alloc();
+  if (page < 0) return -1;
+  if (!disk_->load(h, parent, tokens, storage_[page].get())) {
+    release(page);
+    return -1;
+  }
+  PageMeta &m = meta_[page];
+  m.registered = true;
+  m.hash = h;
+  m.parent = parent;
+  m.tokens.assign(tokens, tokens + P);
+  hash_index_[h] = page;
+  return page;
+}
+
+void KvPages::persist() {
+  if (!disk_) return;
+  for (PageId page : unsaved_) {
+    const PageMeta &m = meta_[page];
+    // Evicted and reused since it was registered: its rows are another page's now.
+    if (!m.registered) continue;
+    auto it = hash_index_.find(m.hash);
+    if (it == hash_index_.end() || it->second != page) continue;
+    disk_->save(m.hash, m.parent, m.tokens.data(), storage_[page].get());
+  }
+  unsaved_.clear();
 }
 
 void KvPages::copy_rows(PageId dst, PageId src, int n_slots) {
@@ -184,8 +219,12 @@ int KvPages::seq_adopt_cached(int seq, const int32_t *next, int n) {
     std::copy(next + added, next + added + want, ids.begin() + have);
     const uint64_t parent = logical == 0 ? kRootHash : s.hashes[logical - 1];
     PageId page = lookup(parent, ids.data());
-    if (page < 0) break;
-    acquire(page);
+    if (page >= 0) {
+      acquire(page);
+    } else {
+      page = load_from_disk(parent, ids.data());  // ref 1 already
+      if (page < 0) break;
+    }
     if (have > 0) {
       release(s.pages[logical]);  // our partial copy of the same prefix
       s.pages[logical] = page;
@@ -205,8 +244,13 @@ int KvPages::cached_prefix(const int32_t *tokens, int n) const {
   int count = 0;
   while (count + P <= n) {
     PageId page = lookup(parent, tokens + count);
-    if (page < 0) break;
-    parent = meta_[page].hash;
+    if (page >= 0) {
+      parent = meta_[page].hash;
+    } else {
+      const uint64_t h = chain_hash(parent, tokens + count, P);
+      if (!disk_ || !disk_->has(h)) break;
+      parent = h;
+    }
     count += P;
   }
   return count;

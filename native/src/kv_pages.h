@@ -23,6 +23,7 @@
 
 namespace specode {
 
+class KvDisk;
 using PageId = int32_t;
 
 struct KvPagesConfig {
@@ -68,8 +69,15 @@ class KvPages {
   int seq_adopt_cached(int seq, const int32_t *next, int n);
 
   // Leading tokens of tokens[0..n) already held in registered pages (a chain
-  // from position 0; whole pages only).
+  // from position 0; whole pages only), in memory or (not verified) on disk.
   int cached_prefix(const int32_t *tokens, int n) const;
+
+  // ---- disk tier (optional; not owned): a page missing from memory is looked
+  // for on disk when adopting; registered pages are saved by persist().
+  void set_disk(KvDisk *disk) { disk_ = disk; }
+  // Saves the pages registered since the last call (their rows must be written:
+  // the owner calls this after each forward pass).
+  void persist();
 
   // ---- rows: [head_dim] fp16 each
   uint16_t *k_row(PageId page, int layer, int kv_head, int slot) { return row(page, layer, 0, kv_head, slot); }
@@ -118,6 +126,9 @@ class KvPages {
   static uint64_t chain_hash(uint64_t parent, const int32_t *tokens, int n);
   // The registered page holding exactly tokens[0..P) after parent, or -1.
   PageId lookup(uint64_t parent, const int32_t *tokens) const;
+  // The page (parent, tokens) read from the disk tier into a new registered page
+  // (ref 1), or -1.
+  PageId load_from_disk(uint64_t parent, const int32_t *tokens);
   int free_capacity() const;
   PageId alloc();            // -1 when none left
   void acquire(PageId page);  // ref++ (leaves the LRU queue if it was there)
@@ -135,6 +146,8 @@ class KvPages {
   std::vector<Sequence> seqs_;
   int n_referenced_ = 0;
   uint64_t evictions_ = 0;
+  KvDisk *disk_ = nullptr;
+  std::vector<PageId> unsaved_;  // registered since the last persist()
 };
 
 }  // namespace specode

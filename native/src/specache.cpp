@@ -60,6 +60,11 @@ PagedKvCache::PagedKvCache(const KvShape &shape, const PagedKvConfig &cfg) : cfg
   // quarter as many cached pages for prefix reuse.
   KvPagesConfig pc{shape.n_layer, shape.n_head_kv, shape.head_dim, P, seq_pages + 1 + std::max(2, seq_pages / 4)};
   pages_ = std::make_unique<KvPages>(pc);
+  if (!cfg.disk_dir.empty()) {
+    disk_ = std::make_unique<KvDisk>(KvDiskConfig{cfg.disk_dir, cfg.model_id, cfg.disk_max_bytes, shape.n_layer,
+                                                  shape.n_head_kv, shape.head_dim, P});
+    pages_->set_disk(disk_.get());
+  }
   seq_ = pages_->seq_create();
   words_ = (shape.n_ctx + 63) / 64;
   ensure_threads(std::max(1, cfg.n_threads));
@@ -121,6 +126,12 @@ void PagedKvCache::metrics(KvMetrics *out) const {
   out->prefix_reused_tokens = reused_;
   out->host_pages_referenced = (uint64_t)pages_->pages_referenced();
   out->host_pages_cached = (uint64_t)pages_->pages_cached();
+  if (disk_) {
+    out->disk_pages_loaded = disk_->loaded();
+    out->disk_pages_saved = disk_->saved();
+    out->disk_pages_rejected = disk_->rejected();
+    out->disk_bytes = disk_->bytes_on_disk();
+  }
 }
 
 void PagedKvCache::reset_metrics() {

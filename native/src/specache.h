@@ -32,6 +32,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kv_cache.h"
 
@@ -53,6 +54,9 @@ struct PagedKvConfig {
   bool measure = false;  // compute the true top-k of each real token (costs a full-precision pass)
   int n_threads = 1;     // size of the pool attend() will be given
   int64_t fetch_delay_ns = 0;  // tests: each layer's fetch also sleeps this long (a slow link)
+  std::string disk_dir;         // disk tier of the host pages ('' = none; see kv_disk.h)
+  uint64_t disk_max_bytes = 0;  // its cap (0: 4 GiB)
+  uint64_t model_id = 0;        // identity of the weights (KvDisk::model_identity)
 };
 
 // A paged policy for shape (capacity shape.n_ctx tokens). The config must be

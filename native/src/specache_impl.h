@@ -21,6 +21,7 @@
 #include "kv_pages.h"
 #include "lowbit.h"
 #include "ops.h"
+#include "kv_disk.h"
 #include "specache.h"
 
 namespace specode {
@@ -117,7 +118,7 @@ class PagedKvCache final : public KvCache {
 
   const char *policy() const override { return kv_policy_name(cfg_.policy); }
   bool begin_pass(const KvPass &pass) override;
-  void end_pass() override {}
+  void end_pass() override { pages_->persist(); }
   void store(int layer, int pos0, int n, const float *k, const float *v) override;
   void attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) override;
   void truncate(int n_keep) override;
@@ -163,6 +164,7 @@ class PagedKvCache final : public KvCache {
   void choose_and_fetch(int layer);
 
   PagedKvConfig cfg_;
+  std::unique_ptr<KvDisk> disk_;  // before pages_: pages_ points at it
   std::unique_ptr<KvPages> pages_;
   int seq_ = 0;
   KvPass pass_;

@@ -54,6 +54,11 @@ export interface ServerConfig {
   kvBits: 1 | 2;
   /** Rows fetched per step (SpeCache top-k). */
   topK: number;
+  /**
+   * Keep the repo prefix's KV pages in the user cache (<cache>/kv) so a restarted server
+   * reads them instead of prefilling again (paged policies). Default true.
+   */
+  kvDiskCache?: boolean;
 }
 
 export interface ConfigureResult {
@@ -404,7 +409,13 @@ export function parseServerConfig(x: unknown): ServerConfig {
     kvPolicy: oneOf(m, o, 'kvPolicy', KV_POLICIES),
     kvBits: int(m, o, 'kvBits', 1, 2) as 1 | 2,
     topK: int(m, o, 'topK', 1, 1 << 16),
+    ...(o.kvDiskCache === undefined ? {} : { kvDiskCache: bool(m, o, 'kvDiskCache') }),
   };
+}
+
+function bool(method: string, o: Obj, key: string): boolean {
+  if (typeof o[key] !== 'boolean') throw new ParamsError(method, `'${key}' must be true or false, got ${describe(o[key])}`);
+  return o[key] as boolean;
 }
 
 export function parseSetContextParams(x: unknown): SetContextParams {

@@ -590,6 +590,8 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
       kvPolicy: o.policy,
       kvBits: o.bits,
       topK: o.topk,
+      // Every run indexes from scratch: pages a previous run left in the disk tier would make the index phase vary.
+      kvDiskCache: false,
     });
     const context = collectFolderContext(ws.dir, o.ctx);
     if (!context.files.some((f) => f.path === ws.current)) throw new Error(`bench editor: the client's context left out the edited file ${ws.current}`);

@@ -61,6 +61,14 @@ export interface ContextOptions {
   topk?: number;
   /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (default 4; 1: one stage, as the paper). */
   rerank?: number;
+  /**
+   * Paged policies: disk tier of the host pages. Full pages are saved under
+   * <diskCacheDir>/<model id>/ and adopted by a later context of the same weights (after a
+   * restart) instead of recomputed; corrupt or stale files are detected and recomputed.
+   */
+  diskCacheDir?: string;
+  /** Cap on the model's disk-tier directory, oldest pages out (default 4 GiB). */
+  diskCacheMaxBytes?: number;
   /** specache*, kivi, gear, tailorkv: newest tokens kept in fp16, a multiple of group (default: specache* 64, kivi 128, gear 64, tailorkv 128). */
   residual?: number;
   /** h2o, streamingllm, kvmerger: K/V rows kept per layer and KV head; 0 or absent: `budgetRatio` of the tokens held. tailorkv: rows loaded per sparse layer and KV head (> 64, default 192). */
@@ -133,6 +141,11 @@ export interface KvMetrics {
   prefixReusedTokens: number;
   hostPagesReferenced: number;
   hostPagesCached: number;
+  /** Disk tier (ContextOptions.diskCacheDir): pages read instead of recomputed, written, found corrupt or stale; bytes held. */
+  diskPagesLoaded: number;
+  diskPagesSaved: number;
+  diskPagesRejected: number;
+  diskBytes: number;
 }
 
 export interface DecodeOptions {

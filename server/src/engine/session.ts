@@ -101,6 +101,8 @@ export class Session {
     this.cached = this.cached.slice(0, common);
     const onAbort = () => this.ctx.cancel();
     signal?.addEventListener('abort', onAbort);
+    // Tokens the engine takes from cached host pages (or the disk tier) rather than computing.
+    const adoptedBefore = this.adoptedTokens();
     try {
       if (signal?.aborted) throw abortError();
       await this.ctx.decode(Int32Array.from(ids.slice(common)), { wantLogits: false });
@@ -112,7 +114,12 @@ export class Session {
       signal?.removeEventListener('abort', onAbort);
     }
     this.cached = ids.slice();
-    return { reused: common };
+    return { reused: Math.min(ids.length, common + Math.max(0, this.adoptedTokens() - adoptedBefore)) };
+  }
+
+  private adoptedTokens(): number {
+    const m = typeof this.ctx.metrics === 'function' ? this.ctx.metrics() : undefined;
+    return m && Number.isFinite(m.prefixReusedTokens) ? m.prefixReusedTokens : 0;
   }
 
   async generate(prompt: string | number[], opts: GenerateOptions = {}): Promise<GenerateResult> {

@@ -1,6 +1,7 @@
 // engine.ts — the narrow view of the model the request handlers use, and its
 // real implementation over engine/session.ts. Tests give the handlers a fake.
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
+import { cacheDir } from '../models/registry';
 import { loadAddon, type ContextOptions } from '../engine/native';
 import { Session, type GenerateOptions, type GenerateResult } from '../engine/session';
 import type { ModelSummary, ServerConfig } from '../protocol';
@@ -60,6 +61,7 @@ function contextOptions(config: ServerConfig): ContextOptions & Record<string, u
     topk: config.topK,
     deviceBudgetBytes: config.deviceBudgetMiB * 1024 * 1024,
     backend: config.backend,
+    ...(config.kvDiskCache !== false ? { diskCacheDir: join(cacheDir(), 'kv') } : {}),
   };
 }
 

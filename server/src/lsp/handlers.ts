@@ -406,7 +406,7 @@ function guardParams<T>(parse: () => T): T {
 }
 
 function engineKey(c: ServerConfig): string {
-  return JSON.stringify([c.model, c.backend, c.deviceBudgetMiB, c.contextTokens, c.kvPolicy, c.kvBits, c.topK]);
+  return JSON.stringify([c.model, c.backend, c.deviceBudgetMiB, c.contextTokens, c.kvPolicy, c.kvBits, c.topK, c.kvDiskCache !== false]);
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
