@@ -6,8 +6,12 @@
 //   repeat  the same request again: nothing but the last token is recomputed;
 //   edit    a line inserted a few lines above the cursor in the current file
 //           (the end of the prompt): only the tail from the edit on is recomputed;
-//   cold2   a fresh context on the edited prompt: the cost the reuse avoids.
+//   cold-edited  a fresh context on the edited prompt: the cost the reuse avoids;
+//   restart a fresh context (a restarted server) on the first prompt with the disk
+//           tier the first context wrote (paged policies): pages read, not prefilled.
 // Each row reports prompt tokens, tokens recomputed, reused, and seconds.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { KvPolicy } from '../engine/native';
 import { Session } from '../engine/session';
@@ -27,7 +31,7 @@ export interface ReuseOptions {
 
 export interface ReuseRow {
   policy: string;
-  case: 'cold' | 'repeat' | 'edit' | 'cold-edited';
+  case: 'cold' | 'repeat' | 'edit' | 'cold-edited' | 'restart';
   prompt_tokens: number;
   reused_tokens: number;
   recomputed_tokens: number;
@@ -86,7 +90,10 @@ export async function benchReuse(o: ReuseOptions): Promise<Envelope> {
   log(`reuse: prompt ${ids.length} tokens from ${files.length} files + ${curPath}; the edit changes tokens from ${firstDiff} on (${idsEdited.length - firstDiff} from the end)`);
   const rows: ReuseRow[] = [];
   for (const policy of o.policies) {
-    const open = () => Session.open(o.modelPath, { nCtx: Math.max(ids.length, idsEdited.length) + gen + 16, threads: o.threads, policy });
+    const paged = policy === 'specache' || policy === 'specache-sync' || policy === 'offload-all';
+    const disk = paged ? mkdtempSync(join(tmpdir(), 'specode-reuse-kv-')) : undefined;
+    const open = (diskCacheDir?: string) =>
+      Session.open(o.modelPath, { nCtx: Math.max(ids.length, idsEdited.length) + gen + 16, threads: o.threads, policy, ...(diskCacheDir ? { diskCacheDir } : {}) });
     const run = async (s: Session, input: number[], kase: ReuseRow['case']) => {
       const t0 = performance.now();
       const r = await s.generate(input, { maxTokens: gen });
@@ -100,7 +107,7 @@ export async function benchReuse(o: ReuseOptions): Promise<Envelope> {
       log(`reuse ${policy} ${kase}: ${row.recomputed_tokens} of ${row.prompt_tokens} tokens recomputed, prefill ${row.prefill_s.toFixed(2)} s, request ${seconds.toFixed(2)} s`);
       return r;
     };
-    const s = await open();
+    const s = await open(disk);
     try {
       await run(s, ids, 'cold');
       await run(s, ids, 'repeat');
@@ -113,6 +120,15 @@ export async function benchReuse(o: ReuseOptions): Promise<Envelope> {
       await run(s2, idsEdited, 'cold-edited');
     } finally {
       s2.close();
+    }
+    if (disk) {
+      const s3 = await open(disk);
+      try {
+        await run(s3, ids, 'restart');
+      } finally {
+        s3.close();
+        rmSync(disk, { recursive: true, force: true });
+      }
     }
   }
   env.rows = rows;
