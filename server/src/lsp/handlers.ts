@@ -173,7 +173,7 @@ export class SpecodeService {
         ms: performance.now() - t0,
         cancelled,
       });
-      const reused = commonPrefix(engine.cachedIds(), ids);
+      let reused = commonPrefix(engine.cachedIds(), ids);
       const report = (done: number) => {
         const message = `${built.files.length} files, ${done}/${ids.length} tokens`;
         this.status.setProgress(done, ids.length, message);
@@ -186,7 +186,9 @@ export class SpecodeService {
         while (done < ids.length) {
           if (signal.aborted) throw new CancelledError();
           const end = Math.min(ids.length, done + INDEX_CHUNK);
-          await engine.prefill(ids.slice(0, end), signal);
+          const r = await engine.prefill(ids.slice(0, end), signal);
+          // Tokens the engine read from cached pages (the disk tier after a restart) count as reused.
+          reused += Math.max(0, Math.min(end, r.reused) - done);
           done = end;
           report(done);
           this.status.updateFigures(engine);
