@@ -130,6 +130,39 @@ export const TESTS = [
     },
   },
   {
+    id: 'ask-stop',
+    name: 'Stop ends a streaming answer at once; the panel takes the next question',
+    timeoutMs: 150_000,
+    async run({ page, shot, log }) {
+      await runCommand(page, 'specode: Ask About the Repository');
+      const frame = await webviewFrame(page, '#question');
+      const before = await frame.locator('.answer').count();
+      await frame.locator('#question').fill('Describe every file of this repository in detail, one paragraph each, with examples.');
+      await frame.locator('#ask').click();
+      const answer = frame.locator('.answer').nth(before);
+      await waitFor('the answer to start streaming', async () => ((await answer.innerText().catch(() => '')).length > 20 ? true : undefined), 90_000, page);
+      await frame.locator('#stop').click();
+      await waitFor('the answer marked stopped', async () => ((await frame.locator('.answer.stopped').count()) ? true : undefined), 15_000, page);
+      const stoppedText = await answer.innerText();
+      const stats = await frame.locator('.stats').last().innerText();
+      await page.waitForTimeout(1500);
+      const later = await answer.innerText();
+      await shot('07-qa-stopped');
+      log(`stopped after ${stoppedText.length} chars; stats: ${stats}`);
+      if (!/^stopped/.test(stats)) throw new Error(`the stats line does not say stopped: ${JSON.stringify(stats)}`);
+      if (later !== stoppedText) throw new Error('the answer kept growing after Stop');
+      if (!(await frame.locator('#stop').isDisabled())) throw new Error('Stop is still enabled');
+      // The server is free for the next question.
+      await frame.locator('#question').fill('Which port does the ledger reconciler listen on?');
+      await frame.locator('#ask').click();
+      const next = frame.locator('.answer').nth(before + 1);
+      await waitFor('the next answer', async () => ((await frame.locator('.stats').count()) > before + 1 ? true : undefined), 120_000, page);
+      const text = await next.innerText();
+      log(`next answer: ${JSON.stringify(text.slice(0, 120))}`);
+      if (!text.trim()) throw new Error('the question after Stop got no answer');
+    },
+  },
+  {
     id: 'recover',
     name: 'killing the server: the extension restarts it and completions work again',
     timeoutMs: 150_000,
@@ -151,10 +184,10 @@ export const TESTS = [
       );
       log(`new server pid ${after[0]}; status texts seen meanwhile: ${[...seen].join(' | ')}`);
       await waitForStatus(page, /specode.*KV \d/, 90_000);
-      await shot('07-recovered-status');
+      await shot('08-recovered-status');
       const header = 'export function half(x: number): number {';
       const ghost = await completeFunction(page, header);
-      await shot('08-recovered-inline');
+      await shot('09-recovered-inline');
       log(`ghost text after restart: ${JSON.stringify(ghost)}`);
       const line = (await acceptAndRead(page, header))[0] ?? '';
       if (!/^\s*return\s*\S/.test(line)) throw new Error(`no completion accepted after the restart: ${JSON.stringify(line)}`);
@@ -192,7 +225,7 @@ export const TESTS = [
           15_000,
           page,
         );
-        await shot('09-bad-model-details');
+        await shot('10-bad-model-details');
         const state = details.split('\n').find((l) => l.includes('state:')) ?? '';
         log(`status details: ${state}`);
         // The editor wraps long lines; compare without the whitespace.
@@ -203,7 +236,7 @@ export const TESTS = [
       }
       // Back to the good model: the figures come back.
       await waitForStatus(page, /specode.*KV \d/, 120_000);
-      await shot('10-bad-model-fixed');
+      await shot('11-bad-model-fixed');
     },
   },
 ];
