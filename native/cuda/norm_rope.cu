@@ -5,7 +5,7 @@
 // selected at run time).
 #include <string>
 
-#include "cuda_common.h"
+#include "cuda_ops.h"
 
 namespace specode::cuda {
 

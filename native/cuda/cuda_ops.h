@@ -1,0 +1,43 @@
+// cuda_ops.h — launchers of the CUDA op families (issue #4). Each takes a
+// stream, checks every CUDA call and returns a specode_status (the message in
+// specode::cuda::last_error()). Pointers are device pointers unless named host.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda_common.h"
+
+namespace specode::cuda {
+
+// norm_rope.cu
+int32_t rmsnorm(const float *x, const float *w, float *out, int n_rows, int n, float eps, cudaStream_t stream);
+int32_t rope(float *x, const int32_t *pos, const float *inv_freq, int n_tokens, int n_heads, int head_dim, bool neox,
+             cudaStream_t stream);
+int32_t swiglu(const float *gate, const float *up, float *out, size_t n, cudaStream_t stream);
+
+// lowbit_attn.cu — the low-bit copy in the CPU's byte layout (src/lowbit.h).
+// Quantizes n_tokens (whole groups) of fp32 K and V rows ([n][hd]) into the stream
+// arrays at their first new group / token.
+int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int hd, int bits, uint8_t *kcodes,
+                        __half *kscale, __half *kzero, uint8_t *vcodes, __half *vscale, __half *vzero,
+                        cudaStream_t stream);
+// One split-softmax piece over tokens [t0, t1) (whole groups) for n_rows query rows
+// (q scaled by 1/sqrt(hd)): p [n_rows][t1 - t0] out exp(score - m), m and l per row, acc
+// [n_rows][hd] the piece's normalized output; skip: positions attended elsewhere (may be null).
+int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half *kzero, const uint8_t *vcodes,
+                      const __half *vscale, const __half *vzero, int g, int hd, int bits, int t0, int t1,
+                      const float *q, int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l,
+                      float *acc, cudaStream_t stream);
+// The k largest of score[0..n) in ascending position order (ties: lower position), k <= 1024.
+// Scratch: cand_pos, cand_val [ceil(n / 4096) · k]. out [k]; *count (device) how many.
+int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, int *out, int *count,
+             cudaStream_t stream);
+// dst[i][0..hd) = src_rows[i][0..hd): src_rows are device-visible pointers into pinned, mapped
+// host pages (cudaHostGetDevicePointer), so the copy reads over PCIe without a staging copy.
+int32_t gather_rows(const uint16_t *const *src_rows, uint16_t *dst, int n_rows, int hd, cudaStream_t stream);
+
+}  // namespace specode::cuda

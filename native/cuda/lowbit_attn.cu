@@ -1,0 +1,378 @@
+// lowbit_attn.cu — SpeCache's device-side op family (issue #4): quantizing new
+// tokens into the low-bit copy (KIVI layout, the same bytes as the CPU's
+// LowbitStream), attention straight from the codes as one split-softmax piece
+// (scores, row softmax, values; never a dequantized cache), top-k per KV head,
+// and the zero-copy gather of the chosen fp16 rows from pinned host pages.
+// Kernels first, then launchers that take a stream and check every call.
+// Not yet wired into the engine; checked against the CPU implementation by
+// native/cuda/tests/test_lowbit_cuda.cu wherever a GPU is present.
+//
+// Layout of one (layer, KV head) stream of n tokens (see src/lowbit.h):
+//   key codes   [n/g][hd][g·bits/8]  per channel, g tokens a group, LSB first
+//   key params  [n/g][hd] fp16 scale and zero
+//   value codes [n][hd·bits/8]       per token, LSB first
+//   value params[n][hd/vg] fp16 scale and zero, vg = min(g, hd)
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "cuda_ops.h"
+
+namespace specode::cuda {
+
+namespace {
+
+// fp16-rounded scale and zero of a group spanning [mn, mx] (src/lowbit.cpp lowbit_params).
+__device__ void group_params(float mn, float mx, int bits, float *scale, float *zero) {
+  float s = bits == 2 ? (mx - mn) / 3.0f : (mx - mn) / 2.0f;
+  float z = bits == 2 ? mn : (3.0f * mn + mx) / 4.0f;
+  s = fminf(s, 65504.0f);
+  *scale = __half2float(__float2half_rn(s));
+  *zero = __half2float(__float2half_rn(z));
+}
+
+// The clamped code of x (src/lowbit.cpp lowbit_code).
+__device__ int group_code(float x, float scale, float zero, int bits) {
+  if (!(scale > 0.0f)) return 0;
+  const float top = (float)((1 << bits) - 1);
+  float c = floorf(__fdiv_rn(x - zero, scale) + 0.5f);
+  c = c < 0.0f ? 0.0f : (c > top ? top : c);
+  return c == c ? (int)c : 0;
+}
+
+__device__ __forceinline__ int code_at(const uint8_t *stream, int i, int bits) {
+  const int per_byte = 8 / bits;
+  return (stream[i / per_byte] >> ((i % per_byte) * bits)) & ((1 << bits) - 1);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- kernels
+
+// One block per key group, one thread per channel. k: [n_groups·g][hd] fp32.
+__global__ void quantize_keys_kernel(const float *__restrict__ k, int g, int hd, int bits, uint8_t *__restrict__ codes,
+                                     __half *__restrict__ scale, __half *__restrict__ zero) {
+  const int b = blockIdx.x, c = threadIdx.x;
+  if (c >= hd) return;
+  const float *col = k + (size_t)b * g * hd + c;
+  float mn = FLT_MAX, mx = -FLT_MAX;
+  for (int j = 0; j < g; ++j) {
+    mn = fminf(mn, col[(size_t)j * hd]);
+    mx = fmaxf(mx, col[(size_t)j * hd]);
+  }
+  float s, z;
+  group_params(mn, mx, bits, &s, &z);
+  scale[(size_t)b * hd + c] = __float2half_rn(s);
+  zero[(size_t)b * hd + c] = __float2half_rn(z);
+  const int per_byte = 8 / bits;
+  uint8_t *dst = codes + ((size_t)b * hd + c) * g * bits / 8;
+  for (int byte = 0; byte < g / per_byte; ++byte) {
+    uint8_t packed = 0;
+    for (int i = 0; i < per_byte; ++i)
+      packed |= (uint8_t)(group_code(col[(size_t)(byte * per_byte + i) * hd], s, z, bits) << (i * bits));
+    dst[byte] = packed;
+  }
+}
+
+// One thread per (token, value group). v: [n][hd] fp32.
+__global__ void quantize_values_kernel(const float *__restrict__ v, int n, int hd, int vg, int bits,
+                                       uint8_t *__restrict__ codes, __half *__restrict__ scale,
+                                       __half *__restrict__ zero) {
+  const int nvg = hd / vg;
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= n * nvg) return;
+  const int t = idx / nvg, gi = idx % nvg;
+  const float *x = v + (size_t)t * hd + gi * vg;
+  float mn = FLT_MAX, mx = -FLT_MAX;
+  for (int c = 0; c < vg; ++c) {
+    mn = fminf(mn, x[c]);
+    mx = fmaxf(mx, x[c]);
+  }
+  float s, z;
+  group_params(mn, mx, bits, &s, &z);
+  scale[(size_t)t * nvg + gi] = __float2half_rn(s);
+  zero[(size_t)t * nvg + gi] = __float2half_rn(z);
+  const int per_byte = 8 / bits;
+  uint8_t *row = codes + (size_t)t * hd * bits / 8;
+  for (int byte = gi * vg / per_byte; byte < (gi + 1) * vg / per_byte; ++byte) {
+    uint8_t packed = 0;
+    for (int i = 0; i < per_byte; ++i)
+      packed |= (uint8_t)(group_code(x[byte * per_byte + i - gi * vg], s, z, bits) << (i * bits));
+    row[byte] = packed;
+  }
+}
+
+// Scores of tokens [t0, t0 + n) (whole groups): one block per group, one thread per token.
+// q: [n_rows][hd] (already scaled by 1/sqrt(hd)); p: [n_rows][ldp], column j = token t0 + j.
+// Skipped positions get -inf; with debias each group's scores lose σ²/2 (src/lowbit.h).
+__global__ void lowbit_scores_kernel(const uint8_t *__restrict__ kcodes, const __half *__restrict__ kscale,
+                                     const __half *__restrict__ kzero, int g, int hd, int bits,
+                                     const float *__restrict__ q, int n_rows, const uint64_t *__restrict__ skip,
+                                     int t0, float *__restrict__ p, int64_t ldp, int debias) {
+  extern __shared__ float sh[];
+  float *qs = sh;                    // [n_rows][hd]
+  float *sc = qs + (size_t)n_rows * hd;  // [hd] scales
+  float *ze = sc + hd;                   // [hd] zeros
+  float *shift = ze + hd;                // [n_rows]
+  const int group = t0 / g + blockIdx.x, j = threadIdx.x;
+  for (int i = threadIdx.x; i < n_rows * hd; i += blockDim.x) qs[i] = q[i];
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    sc[c] = __half2float(kscale[(size_t)group * hd + c]);
+    ze[c] = __half2float(kzero[(size_t)group * hd + c]);
+  }
+  __syncthreads();
+  for (int r = threadIdx.x; r < n_rows; r += blockDim.x) {
+    float v = 0.0f;
+    if (debias)
+      for (int c = 0; c < hd; ++c) v += qs[(size_t)r * hd + c] * qs[(size_t)r * hd + c] * sc[c] * sc[c];
+    shift[r] = v * (1.0f / 24.0f);
+  }
+  __syncthreads();
+  if (j >= g) return;
+  const int pos = group * g + j, col = pos - t0;
+  const bool skipped = skip && ((skip[pos >> 6] >> (pos & 63)) & 1);
+  for (int r = 0; r < n_rows; ++r) {
+    float acc = 0.0f;
+    if (!skipped) {
+      for (int c = 0; c < hd; ++c) {
+        const float kv = (float)code_at(kcodes + ((size_t)group * hd + c) * g * bits / 8, j, bits) * sc[c] + ze[c];
+        acc = fmaf(qs[(size_t)r * hd + c], kv, acc);
+      }
+    }
+    p[(size_t)r * ldp + col] = skipped ? -INFINITY : acc - shift[r];
+  }
+}
+
+// Softmax piece per row (one block per row): m = max, p = exp(p - m) (0 where -inf), l = Σ p.
+__global__ void softmax_rows_kernel(float *__restrict__ p, int n, int64_t ldp, float *__restrict__ m,
+                                    float *__restrict__ l) {
+  float *row = p + (size_t)blockIdx.x * ldp;
+  __shared__ float red[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, row[j]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  if (warp == 0) {
+    mx = lane < warps ? red[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) red[0] = mx;
+  }
+  __syncthreads();
+  mx = red[0];
+  __syncthreads();
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float e = mx == -INFINITY || row[j] == -INFINITY ? 0.0f : __expf(row[j] - mx);
+    row[j] = e;
+    sum += e;
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) red[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.0f;
+    for (int w = 0; w < warps; ++w) s += red[w];
+    m[blockIdx.x] = mx;
+    l[blockIdx.x] = s;
+  }
+}
+
+// acc[r][c] = Σ_j p[r][j] · v̂[t0 + j][c] / l[r]: one block per row, one thread per channel.
+__global__ void lowbit_values_kernel(const uint8_t *__restrict__ vcodes, const __half *__restrict__ vscale,
+                                     const __half *__restrict__ vzero, int hd, int vg, int bits,
+                                     const float *__restrict__ p, int64_t ldp, int t0, int n,
+                                     const float *__restrict__ l, float *__restrict__ acc) {
+  const int r = blockIdx.x, c = threadIdx.x;
+  if (c >= hd) return;
+  const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
+  const float *pr = p + (size_t)r * ldp;
+  float a = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float w = pr[j];
+    if (w == 0.0f) continue;
+    const size_t t = (size_t)t0 + j;
+    const float v = (float)code_at(vcodes + t * row_bytes, c, bits) * __half2float(vscale[t * nvg + gi]) +
+                    __half2float(vzero[t * nvg + gi]);
+    a = fmaf(w, v, a);
+  }
+  acc[(size_t)r * hd + c] = l[r] > 0.0f ? a / l[r] : 0.0f;
+}
+
+namespace {
+// Block-wide argmax of vals[0..n) (ties: the lower index); every thread gets the result.
+__device__ void block_argmax(const float *vals, const int *ids, int n, float *best_val, int *best_id) {
+  __shared__ float rv[32];
+  __shared__ int ri[32];
+  float bv = -INFINITY;
+  int bi = INT32_MAX;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = vals[i];
+    const int id = ids ? ids[i] : i;
+    if (v > bv || (v == bv && id < bi)) {
+      bv = v;
+      bi = id;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  if (lane == 0) {
+    rv[warp] = bv;
+    ri[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < warps; ++w)
+      if (rv[w] > rv[0] || (rv[w] == rv[0] && ri[w] < ri[0])) {
+        rv[0] = rv[w];
+        ri[0] = ri[w];
+      }
+  }
+  __syncthreads();
+  *best_val = rv[0];
+  *best_id = ri[0];
+  __syncthreads();
+}
+}  // namespace
+
+// Stage 1: each block keeps the k best of its chunk of score[0..n): positions and values.
+__global__ void topk_chunk_kernel(const float *__restrict__ score, int n, int k, int chunk, int *__restrict__ cand_pos,
+                                  float *__restrict__ cand_val) {
+  extern __shared__ float vals[];  // [chunk]
+  const int base = blockIdx.x * chunk, len = min(chunk, n - base);
+  for (int i = threadIdx.x; i < len; i += blockDim.x) vals[i] = score[base + i];
+  __syncthreads();
+  for (int s = 0; s < k; ++s) {
+    float bv;
+    int bi;
+    block_argmax(vals, nullptr, len, &bv, &bi);
+    if (threadIdx.x == 0) {
+      const bool valid = s < len && bv != -INFINITY;
+      cand_pos[(size_t)blockIdx.x * k + s] = valid ? base + bi : -1;
+      cand_val[(size_t)blockIdx.x * k + s] = valid ? bv : -INFINITY;
+      if (valid) vals[bi] = -INFINITY;
+    }
+    __syncthreads();
+  }
+}
+
+// Stage 2 (one block): the k best of the candidates, written in ascending position order
+// (src/specache.h select_topk: ties go to the lower position). *count: how many.
+__global__ void topk_merge_kernel(float *__restrict__ cand_val, int *__restrict__ cand_pos, int n_cand, int k,
+                                  int *__restrict__ out, int *__restrict__ count) {
+  __shared__ int chosen[1024];
+  __shared__ int n_chosen;
+  if (threadIdx.x == 0) n_chosen = 0;
+  __syncthreads();
+  for (int s = 0; s < k && s < 1024; ++s) {
+    float bv;
+    int bi;
+    // Invalid candidates (-1) sort last: give them the largest id so a tie never picks them.
+    block_argmax(cand_val, cand_pos, n_cand, &bv, &bi);
+    if (bv == -INFINITY) break;
+    if (threadIdx.x == 0) {
+      chosen[n_chosen++] = bi;
+      for (int i = 0; i < n_cand; ++i)
+        if (cand_pos[i] == bi) {
+          cand_val[i] = -INFINITY;
+          break;
+        }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const int m = n_chosen;
+    for (int i = 1; i < m; ++i) {  // insertion sort: k is small
+      const int x = chosen[i];
+      int j = i - 1;
+      while (j >= 0 && chosen[j] > x) {
+        chosen[j + 1] = chosen[j];
+        --j;
+      }
+      chosen[j + 1] = x;
+    }
+    for (int i = 0; i < m; ++i) out[i] = chosen[i];
+    *count = m;
+  }
+}
+
+// dst[i] = *src_rows[i] (hd fp16 each): src_rows are device pointers to pinned, mapped host
+// rows, so the copy is a zero-copy read over PCIe. One block per row, 8 bytes a thread.
+__global__ void gather_rows_kernel(const uint16_t *const *__restrict__ src_rows, uint16_t *__restrict__ dst, int hd) {
+  const uint16_t *src = src_rows[blockIdx.x];
+  uint16_t *d = dst + (size_t)blockIdx.x * hd;
+  if (hd % 4 == 0) {
+    for (int i = threadIdx.x; i < hd / 4; i += blockDim.x) reinterpret_cast<uint2 *>(d)[i] = reinterpret_cast<const uint2 *>(src)[i];
+  } else {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) d[i] = src[i];
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+
+int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int hd, int bits, uint8_t *kcodes,
+                        __half *kscale, __half *kzero, uint8_t *vcodes, __half *vscale, __half *vzero,
+                        cudaStream_t stream) {
+  if (n_tokens % g != 0 || (bits != 1 && bits != 2) || hd > 1024) return SPECODE_ERR_ARGUMENT;
+  const int vg = g < hd ? g : hd;
+  if (n_tokens == 0) return SPECODE_OK;
+  quantize_keys_kernel<<<n_tokens / g, hd, 0, stream>>>(k, g, hd, bits, kcodes, kscale, kzero);
+  CUDA_CHECK_LAUNCH();
+  const int items = n_tokens * (hd / vg);
+  quantize_values_kernel<<<(items + 127) / 128, 128, 0, stream>>>(v, n_tokens, hd, vg, bits, vcodes, vscale, vzero);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half *kzero, const uint8_t *vcodes,
+                      const __half *vscale, const __half *vzero, int g, int hd, int bits, int t0, int t1,
+                      const float *q, int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l,
+                      float *acc, cudaStream_t stream) {
+  if (t0 % g != 0 || t1 % g != 0 || t1 < t0 || hd > 1024 || g > 1024) return SPECODE_ERR_ARGUMENT;
+  const int n = t1 - t0;
+  if (n == 0 || n_rows == 0) return SPECODE_OK;
+  const size_t shared = ((size_t)n_rows * hd + 2 * hd + n_rows) * sizeof(float);
+  if (shared > 48 * 1024) return SPECODE_ERR_ARGUMENT;
+  lowbit_scores_kernel<<<n / g, g, shared, stream>>>(kcodes, kscale, kzero, g, hd, bits, q, n_rows, skip, t0, p, n,
+                                                     debias ? 1 : 0);
+  CUDA_CHECK_LAUNCH();
+  softmax_rows_kernel<<<n_rows, 256, 0, stream>>>(p, n, n, m, l);
+  CUDA_CHECK_LAUNCH();
+  lowbit_values_kernel<<<n_rows, hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits, p, n, t0, n, l, acc);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, int *out, int *count,
+             cudaStream_t stream) {
+  constexpr int kChunk = 4096;
+  if (k <= 0 || k > 1024 || n < 0) return SPECODE_ERR_ARGUMENT;
+  const int chunks = (n + kChunk - 1) / kChunk;
+  if (chunks == 0) {
+    CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int), stream));
+    return SPECODE_OK;
+  }
+  topk_chunk_kernel<<<chunks, 256, kChunk * sizeof(float), stream>>>(score, n, k, kChunk, cand_pos, cand_val);
+  CUDA_CHECK_LAUNCH();
+  topk_merge_kernel<<<1, 256, 0, stream>>>(cand_val, cand_pos, chunks * k, k, out, count);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+int32_t gather_rows(const uint16_t *const *src_rows, uint16_t *dst, int n_rows, int hd, cudaStream_t stream) {
+  if (n_rows == 0) return SPECODE_OK;
+  gather_rows_kernel<<<n_rows, 32, 0, stream>>>(src_rows, dst, hd);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+}  // namespace specode::cuda

@@ -1,0 +1,217 @@
+// specode_cuda_tests — the CUDA low-bit op family against the CPU engine, op by op:
+// quantization gives the CPU's bytes (checked through the dequantized rows, which
+// must be equal), attention from the codes matches the CPU's split-softmax piece,
+// top-k picks the CPU's positions, the zero-copy gather copies pinned host rows.
+// Without a CUDA device it prints "skipped: ..." and exits 0 (this machine, CI).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda_ops.h"
+#include "lowbit.h"
+#include "specache.h"
+
+namespace {
+
+int g_pass = 0, g_fail = 0;
+
+void report(const char *name, bool ok, const char *detail) {
+  std::printf("%s %s%s%s\n", ok ? "ok  " : "FAIL", name, detail[0] ? ": " : "", detail);
+  (ok ? g_pass : g_fail)++;
+}
+
+#define CK(call)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::printf("FAIL %s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));     \
+      ++g_fail;                                                                                   \
+      return;                                                                                     \
+    }                                                                                             \
+  } while (0)
+
+template <typename T>
+T *to_device(const std::vector<T> &h) {
+  T *d = nullptr;
+  if (cudaMalloc(&d, h.size() * sizeof(T) + 16) != cudaSuccess) return nullptr;
+  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return d;
+}
+
+template <typename T>
+std::vector<T> to_host(const T *d, size_t n) {
+  std::vector<T> h(n);
+  cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
+  return h;
+}
+
+std::vector<float> rows(int n, int hd, uint32_t seed, float outlier) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x((size_t)n * hd);
+  for (int t = 0; t < n; ++t)
+    for (int c = 0; c < hd; ++c) x[(size_t)t * hd + c] = nd(rng) * (c % 13 == 0 ? outlier : 1.0f) + (c % 7) * 0.5f;
+  return x;
+}
+
+int code_at(const uint8_t *stream, int i, int bits) {
+  const int per_byte = 8 / bits;
+  return (stream[i / per_byte] >> ((i % per_byte) * bits)) & ((1 << bits) - 1);
+}
+
+void quantize_and_attend(int bits, int g, bool debias) {
+  const int hd = 64, n = 6 * 64, rows_q = 7, vg = std::min(g, hd), nvg = hd / vg;
+  auto k = rows(n, hd, 11 * bits + g, 8.0f), v = rows(n, hd, 5 + g, 1.0f);
+  specode::LowbitStream s(specode::LowbitConfig{hd, bits, g, debias});
+  s.append(k.data(), v.data(), n);
+  std::vector<float> kd((size_t)n * hd), vd((size_t)n * hd);
+  s.dequantize(0, n, kd.data(), vd.data());
+
+  float *dk = to_device(k), *dv = to_device(v);
+  uint8_t *kc, *vc;
+  __half *ks, *kz, *vs, *vz;
+  CK(cudaMalloc(&kc, (size_t)n * hd * bits / 8));
+  CK(cudaMalloc(&vc, (size_t)n * hd * bits / 8));
+  CK(cudaMalloc(&ks, (size_t)(n / g) * hd * sizeof(__half)));
+  CK(cudaMalloc(&kz, (size_t)(n / g) * hd * sizeof(__half)));
+  CK(cudaMalloc(&vs, (size_t)n * nvg * sizeof(__half)));
+  CK(cudaMalloc(&vz, (size_t)n * nvg * sizeof(__half)));
+  int st = specode::cuda::lowbit_quantize(dk, dv, n, g, hd, bits, kc, ks, kz, vc, vs, vz, 0);
+  CK(cudaDeviceSynchronize());
+  // Dequantize the device bytes on the host: must equal the CPU stream's rows exactly.
+  auto hkc = to_host(kc, (size_t)n * hd * bits / 8), hvc = to_host(vc, (size_t)n * hd * bits / 8);
+  auto hks = to_host(ks, (size_t)(n / g) * hd), hkz = to_host(kz, (size_t)(n / g) * hd);
+  auto hvs = to_host(vs, (size_t)n * nvg), hvz = to_host(vz, (size_t)n * nvg);
+  int diff = 0;
+  for (int t = 0; t < n; ++t)
+    for (int c = 0; c < hd; ++c) {
+      const int grp = t / g;
+      const float kk = code_at(&hkc[((size_t)grp * hd + c) * g * bits / 8], t % g, bits) * __half2float(hks[(size_t)grp * hd + c]) +
+                       __half2float(hkz[(size_t)grp * hd + c]);
+      const float vv = code_at(&hvc[(size_t)t * hd * bits / 8], c, bits) * __half2float(hvs[(size_t)t * nvg + c / vg]) +
+                       __half2float(hvz[(size_t)t * nvg + c / vg]);
+      diff += kk != kd[(size_t)t * hd + c] || vv != vd[(size_t)t * hd + c];
+    }
+  char detail[160];
+  std::snprintf(detail, sizeof detail, "%d-bit g%d: status %d, %d of %d elements differ from the CPU's", bits, g, st, diff, 2 * n * hd);
+  report("quantize_matches_cpu", st == 0 && diff == 0, detail);
+
+  // Attention piece over [g, n) with a skip set, against the CPU's fp32 kernels.
+  std::mt19937 rng(3 + bits + g);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  std::vector<float> q((size_t)rows_q * hd);
+  for (auto &x : q) x = nd(rng);
+  std::vector<uint64_t> skip((n + 63) / 64, 0);
+  for (int pos = 5; pos < n; pos += 19) skip[pos >> 6] |= 1ull << (pos & 63);
+  const int t0 = g, t1 = n, m_tok = t1 - t0;
+  specode::lowbit_force_fp32(true);
+  specode::LowbitScratch scratch;
+  std::vector<float> p((size_t)rows_q * m_tok), m(rows_q), l(rows_q), acc((size_t)rows_q * hd);
+  specode::lowbit_attend(s, t0, t1, q.data(), rows_q, skip.data(), p.data(), m.data(), l.data(), acc.data(), scratch);
+  specode::lowbit_force_fp32(false);
+  float *dq = to_device(q), *dp, *dm, *dl, *dacc;
+  uint64_t *dskip = to_device(skip);
+  CK(cudaMalloc(&dp, p.size() * sizeof(float)));
+  CK(cudaMalloc(&dm, rows_q * sizeof(float)));
+  CK(cudaMalloc(&dl, rows_q * sizeof(float)));
+  CK(cudaMalloc(&dacc, acc.size() * sizeof(float)));
+  st = specode::cuda::lowbit_attend(kc, ks, kz, vc, vs, vz, g, hd, bits, t0, t1, dq, rows_q, dskip, debias, dp, dm, dl, dacc, 0);
+  CK(cudaDeviceSynchronize());
+  auto gm = to_host(dm, rows_q), gl = to_host(dl, rows_q), gacc = to_host(dacc, acc.size());
+  double worst = 0;
+  for (int r = 0; r < rows_q; ++r) {
+    // Compare the piece's mass l·e^m (log) and the normalized output.
+    worst = std::fmax(worst, std::fabs((std::log(gl[r]) + gm[r]) - (std::log(l[r]) + m[r])));
+    for (int c = 0; c < hd; ++c) worst = std::fmax(worst, std::fabs(gacc[(size_t)r * hd + c] - acc[(size_t)r * hd + c]));
+  }
+  std::snprintf(detail, sizeof detail, "%d-bit g%d debias %d: status %d, worst |difference| %.2e (log mass, output)", bits, g, debias, st, worst);
+  report("lowbit_attend_matches_cpu", st == 0 && worst < 1e-4, detail);
+  for (void *ptr : {(void *)dk, (void *)dv, (void *)kc, (void *)vc, (void *)ks, (void *)kz, (void *)vs, (void *)vz, (void *)dq,
+                    (void *)dp, (void *)dm, (void *)dl, (void *)dacc, (void *)dskip})
+    cudaFree(ptr);
+}
+
+void topk_matches_cpu(int n, int k) {
+  std::mt19937 rng(n + k);
+  std::uniform_int_distribution<int> ud(0, 999);  // many ties: the tie rule is checked too
+  std::vector<float> score(n);
+  for (auto &x : score) x = (float)ud(rng);
+  std::vector<int32_t> want(std::min(n, k));
+  const int nw = specode::select_topk(score.data(), n, k, want.data());
+  float *ds = to_device(score), *cv;
+  int *cp, *out, *count;
+  const int chunks = (n + 4095) / 4096;
+  CK(cudaMalloc(&cp, (size_t)chunks * k * sizeof(int)));
+  CK(cudaMalloc(&cv, (size_t)chunks * k * sizeof(float)));
+  CK(cudaMalloc(&out, (size_t)k * sizeof(int)));
+  CK(cudaMalloc(&count, sizeof(int)));
+  const int st = specode::cuda::topk(ds, n, k, cp, cv, out, count, 0);
+  CK(cudaDeviceSynchronize());
+  const int got_n = to_host(count, 1)[0];
+  auto got = to_host(out, (size_t)std::max(got_n, 0));
+  bool same = st == 0 && got_n == nw;
+  for (int i = 0; same && i < nw; ++i) same = got[i] == want[i];
+  char detail[120];
+  std::snprintf(detail, sizeof detail, "n %d k %d: status %d, %d picked (CPU %d)", n, k, st, got_n, nw);
+  report("topk_matches_cpu", same, detail);
+  for (void *ptr : {(void *)ds, (void *)cv, (void *)cp, (void *)out, (void *)count}) cudaFree(ptr);
+}
+
+void gather_from_pinned_host() {
+  const int hd = 64, n_pages = 3, rows_per_page = 64, picks = 40;
+  uint16_t *host = nullptr;
+  CK(cudaHostAlloc((void **)&host, (size_t)n_pages * rows_per_page * hd * sizeof(uint16_t), cudaHostAllocMapped));
+  for (size_t i = 0; i < (size_t)n_pages * rows_per_page * hd; ++i) host[i] = (uint16_t)(i * 2654435761u >> 16);
+  uint16_t *dev_view = nullptr;
+  CK(cudaHostGetDevicePointer((void **)&dev_view, host, 0));
+  std::vector<const uint16_t *> src(picks);
+  std::vector<int> chosen(picks);
+  for (int i = 0; i < picks; ++i) {
+    chosen[i] = (i * 37) % (n_pages * rows_per_page);
+    src[i] = dev_view + (size_t)chosen[i] * hd;
+  }
+  const uint16_t **dsrc = nullptr;
+  uint16_t *dst = nullptr;
+  CK(cudaMalloc((void **)&dsrc, picks * sizeof(void *)));
+  CK(cudaMemcpy(dsrc, src.data(), picks * sizeof(void *), cudaMemcpyHostToDevice));
+  CK(cudaMalloc(&dst, (size_t)picks * hd * sizeof(uint16_t)));
+  const int st = specode::cuda::gather_rows(dsrc, dst, picks, hd, 0);
+  CK(cudaDeviceSynchronize());
+  auto got = to_host(dst, (size_t)picks * hd);
+  int bad = 0;
+  for (int i = 0; i < picks; ++i) bad += std::memcmp(&got[(size_t)i * hd], host + (size_t)chosen[i] * hd, hd * sizeof(uint16_t)) != 0;
+  char detail[100];
+  std::snprintf(detail, sizeof detail, "status %d, %d of %d rows wrong", st, bad, picks);
+  report("gather_rows_from_pinned_host", st == 0 && bad == 0, detail);
+  cudaFree(dsrc);
+  cudaFree(dst);
+  cudaFreeHost(host);
+}
+
+}  // namespace
+
+int main() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::printf("skipped: no CUDA device (%s)\n0 passed, 0 failed\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  for (int bits : {1, 2})
+    for (int g : {32, 64})
+      for (bool debias : {false, true}) quantize_and_attend(bits, g, debias);
+  topk_matches_cpu(1000, 64);
+  topk_matches_cpu(20000, 64);
+  topk_matches_cpu(50, 64);
+  gather_from_pinned_host();
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
