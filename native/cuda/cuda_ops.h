@@ -19,6 +19,13 @@ int32_t rope(float *x, const int32_t *pos, const float *inv_freq, int n_tokens, 
              cudaStream_t stream);
 int32_t swiglu(const float *gate, const float *up, float *out, size_t n, cudaStream_t stream);
 
+// matvec.cu — y[t * y_stride + r] = Σ_c W[r][c] · x[t * cols + c] for rows r < rows and tokens
+// t < n_tokens; W row-major in its GGUF type (F32, F16, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), each
+// block dequantized inside the kernel. SPECODE_ERR_UNSUPPORTED for other types.
+bool matvec_supported(uint32_t type);
+int32_t matvec(uint32_t type, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n_tokens, float *y,
+               int64_t y_stride, cudaStream_t stream);
+
 // lowbit_attn.cu — the low-bit copy in the CPU's byte layout (src/lowbit.h).
 // Quantizes n_tokens (whole groups) of fp32 K and V rows ([n][hd]) into the stream
 // arrays at their first new group / token.

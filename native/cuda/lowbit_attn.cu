@@ -5,7 +5,7 @@
 // and the zero-copy gather of the chosen fp16 rows from pinned host pages.
 // Kernels first, then launchers that take a stream and check every call.
 // Not yet wired into the engine; checked against the CPU implementation by
-// native/cuda/tests/test_lowbit_cuda.cu wherever a GPU is present.
+// native/cuda/tests/test_cuda_ops.cu wherever a GPU is present.
 //
 // Layout of one (layer, KV head) stream of n tokens (see src/lowbit.h):
 //   key codes   [n/g][hd][g·bits/8]  per channel, g tokens a group, LSB first

@@ -14,6 +14,7 @@
 
 #include "cuda_ops.h"
 #include "lowbit.h"
+#include "quant.h"
 #include "specache.h"
 
 namespace {
@@ -193,6 +194,72 @@ void gather_from_pinned_host() {
   cudaFreeHost(host);
 }
 
+// Random but valid blocks of `type` (fp16 scale fields set to small finite values).
+std::vector<uint8_t> random_rows(uint32_t type, int64_t rows, int64_t cols, uint32_t seed) {
+  const auto t = (specode::DType)type;
+  const size_t row_bytes = specode::dtype_row_bytes(t, cols), bb = specode::dtype_block_bytes(t);
+  std::vector<uint8_t> w((size_t)rows * row_bytes);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto &b : w) b = (uint8_t)byte(rng);
+  auto put16 = [&](uint8_t *p, float f) {
+    const uint16_t h = specode::fp32_to_fp16(f);
+    std::memcpy(p, &h, 2);
+  };
+  const size_t n_blocks = w.size() / bb;
+  for (size_t i = 0; i < n_blocks; ++i) {
+    uint8_t *b = &w[i * bb];
+    switch (type) {
+      case 0: { const float f = nd(rng); std::memcpy(b, &f, 4); break; }
+      case 1: put16(b, nd(rng)); break;
+      case 3: put16(b, 0.01f + 0.02f * std::fabs(nd(rng))); put16(b + 2, -0.1f * std::fabs(nd(rng))); break;
+      case 6: case 8: put16(b, 0.01f + 0.02f * std::fabs(nd(rng))); break;
+      case 12: put16(b, 0.001f + 0.002f * std::fabs(nd(rng))); put16(b + 2, 0.001f * std::fabs(nd(rng))); break;
+      case 14: put16(b + 208, 0.001f + 0.002f * std::fabs(nd(rng))); break;
+    }
+  }
+  return w;
+}
+
+void matvec_matches_cpu(uint32_t type, int n_tokens) {
+  const int64_t rows = 96, cols = 512;
+  auto w = random_rows(type, rows, cols, 17 + type);
+  std::mt19937 rng(type * 7 + n_tokens);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x((size_t)n_tokens * cols);
+  for (auto &v : x) v = nd(rng);
+  // CPU reference: dequantize_row, then a double-precision dot.
+  const size_t row_bytes = specode::dtype_row_bytes((specode::DType)type, cols);
+  std::vector<float> row(cols);
+  std::vector<double> want((size_t)n_tokens * rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    specode::dequantize_row((specode::DType)type, &w[(size_t)r * row_bytes], row.data(), cols);
+    for (int t = 0; t < n_tokens; ++t) {
+      double d = 0;
+      for (int64_t c = 0; c < cols; ++c) d += (double)row[c] * x[(size_t)t * cols + c];
+      want[(size_t)t * rows + r] = d;
+    }
+  }
+  uint8_t *dw = to_device(w);
+  float *dx = to_device(x), *dy;
+  CK(cudaMalloc(&dy, want.size() * sizeof(float)));
+  const int st = specode::cuda::matvec(type, dw, rows, cols, dx, n_tokens, dy, rows, 0);
+  CK(cudaDeviceSynchronize());
+  auto got = to_host(dy, want.size());
+  double worst = 0, scale = 1e-6;
+  for (size_t i = 0; i < want.size(); ++i) {
+    worst = std::fmax(worst, std::fabs(got[i] - want[i]));
+    scale = std::fmax(scale, std::fabs(want[i]));
+  }
+  char detail[120];
+  std::snprintf(detail, sizeof detail, "%s, %d tokens: status %d, worst |error| %.2e of max |y| %.2e", specode::dtype_name(type), n_tokens, st, worst, scale);
+  report("matvec_matches_cpu", st == 0 && worst <= 1e-4 * scale, detail);
+  cudaFree(dw);
+  cudaFree(dx);
+  cudaFree(dy);
+}
+
 }  // namespace
 
 int main() {
@@ -212,6 +279,8 @@ int main() {
   topk_matches_cpu(20000, 64);
   topk_matches_cpu(50, 64);
   gather_from_pinned_host();
+  for (uint32_t type : {0u, 1u, 3u, 6u, 8u, 12u, 14u})
+    for (int n_tokens : {1, 2, 11}) matvec_matches_cpu(type, n_tokens);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }
