@@ -19,6 +19,20 @@ int32_t rope(float *x, const int32_t *pos, const float *inv_freq, int n_tokens, 
              cudaStream_t stream);
 int32_t swiglu(const float *gate, const float *up, float *out, size_t n, cudaStream_t stream);
 
+// fp16_attn.cu — one split-softmax piece over up to three fp16 segments ([n][hd] each: the
+// fetched rows, the residual, the pass's new tokens); row r sees the third segment's first
+// visible[r] rows (visible may be null: all). q scaled by 1/sqrt(hd). At most 12,288 keys.
+struct Fp16Segments {
+  const __half *k[3];
+  const __half *v[3];
+  int n[3];
+};
+int32_t fp16_attend(const Fp16Segments &seg, const float *q, int n_rows, int hd, const int *visible, float *m, float *l,
+                    float *acc, cudaStream_t stream);
+// (m_a, l_a, acc_a) ← the softmax over pieces a and b, row by row (src/lowbit.cpp softmax_merge).
+int32_t softmax_merge(float *m_a, float *l_a, float *acc_a, const float *m_b, const float *l_b, const float *acc_b,
+                      int n_rows, int hd, cudaStream_t stream);
+
 // matvec.cu — y[t * y_stride + r] = Σ_c W[r][c] · x[t * cols + c] for rows r < rows and tokens
 // t < n_tokens; W row-major in its GGUF type (F32, F16, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), each
 // block dequantized inside the kernel. SPECODE_ERR_UNSUPPORTED for other types.

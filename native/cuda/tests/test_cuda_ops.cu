@@ -260,6 +260,95 @@ void matvec_matches_cpu(uint32_t type, int n_tokens) {
   cudaFree(dy);
 }
 
+// The fp16 piece (fetched rows, residual, causal new tokens) against a double-precision
+// softmax, then the merge with a second piece against the CPU's softmax_merge.
+void fp16_piece_and_merge_match_cpu() {
+  const int hd = 64, rows_q = 4, n_seg[3] = {48, 40, 4};
+  std::mt19937 rng(99);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<std::vector<uint16_t>> kh(3), vh(3);
+  std::vector<std::vector<float>> kf(3), vf(3);
+  for (int s = 0; s < 3; ++s)
+    for (int i = 0; i < n_seg[s] * hd; ++i) {
+      kh[s].push_back(specode::fp32_to_fp16(nd(rng)));
+      vh[s].push_back(specode::fp32_to_fp16(nd(rng)));
+      kf[s].push_back(specode::fp16_to_fp32(kh[s].back()));
+      vf[s].push_back(specode::fp16_to_fp32(vh[s].back()));
+    }
+  std::vector<float> q((size_t)rows_q * hd);
+  for (auto &x : q) x = 0.2f * nd(rng);
+  const std::vector<int> visible = {1, 2, 3, 4};
+  specode::cuda::Fp16Segments seg{};
+  for (int s = 0; s < 3; ++s) {
+    seg.k[s] = (const __half *)to_device(kh[s]);
+    seg.v[s] = (const __half *)to_device(vh[s]);
+    seg.n[s] = n_seg[s];
+  }
+  float *dq = to_device(q), *dm, *dl, *dacc;
+  int *dvis = to_device(visible);
+  CK(cudaMalloc(&dm, rows_q * sizeof(float)));
+  CK(cudaMalloc(&dl, rows_q * sizeof(float)));
+  CK(cudaMalloc(&dacc, (size_t)rows_q * hd * sizeof(float)));
+  int st = specode::cuda::fp16_attend(seg, dq, rows_q, hd, dvis, dm, dl, dacc, 0);
+  CK(cudaDeviceSynchronize());
+  auto gm = to_host(dm, rows_q), gl = to_host(dl, rows_q), gacc = to_host(dacc, (size_t)rows_q * hd);
+  double worst = 0;
+  std::vector<float> cm(rows_q), cl(rows_q), cacc((size_t)rows_q * hd);
+  for (int r = 0; r < rows_q; ++r) {
+    std::vector<double> sc;
+    std::vector<const float *> vrow;
+    for (int s = 0; s < 3; ++s)
+      for (int i = 0; i < (s == 2 ? visible[r] : n_seg[s]); ++i) {
+        double d = 0;
+        for (int c = 0; c < hd; ++c) d += (double)q[(size_t)r * hd + c] * kf[s][(size_t)i * hd + c];
+        sc.push_back(d);
+        vrow.push_back(&vf[s][(size_t)i * hd]);
+      }
+    double mx = -INFINITY, sum = 0;
+    for (double x : sc) mx = std::fmax(mx, x);
+    std::vector<double> out(hd, 0.0);
+    for (size_t j = 0; j < sc.size(); ++j) {
+      const double e = std::exp(sc[j] - mx);
+      sum += e;
+      for (int c = 0; c < hd; ++c) out[c] += e * vrow[j][c];
+    }
+    worst = std::fmax(worst, std::fabs((std::log(gl[r]) + gm[r]) - (std::log(sum) + mx)));
+    for (int c = 0; c < hd; ++c) worst = std::fmax(worst, std::fabs(gacc[(size_t)r * hd + c] - out[c] / sum));
+    cm[r] = gm[r];
+    cl[r] = gl[r];
+    for (int c = 0; c < hd; ++c) cacc[(size_t)r * hd + c] = gacc[(size_t)r * hd + c];
+  }
+  char detail[120];
+  std::snprintf(detail, sizeof detail, "status %d, worst |difference| %.2e (log mass, output)", st, worst);
+  report("fp16_piece_matches_double_softmax", st == 0 && worst < 1e-4, detail);
+  // Merge with a second piece (random m, l, acc; one row empty on each side).
+  std::vector<float> m2 = {0.5f, -INFINITY, 2.0f, -1.0f}, l2 = {3.0f, 0.0f, 1.5f, 7.0f}, acc2((size_t)rows_q * hd);
+  for (auto &x : acc2) x = nd(rng);
+  std::vector<float> m1 = cm, l1 = cl, acc1 = cacc;
+  m1[3] = -INFINITY;
+  l1[3] = 0;
+  float *am = to_device(m1), *al = to_device(l1), *aacc = to_device(acc1), *bm = to_device(m2), *bl = to_device(l2), *bacc = to_device(acc2);
+  st = specode::cuda::softmax_merge(am, al, aacc, bm, bl, bacc, rows_q, hd, 0);
+  CK(cudaDeviceSynchronize());
+  auto rm = to_host(am, rows_q), rl = to_host(al, rows_q), racc = to_host(aacc, (size_t)rows_q * hd);
+  worst = 0;
+  for (int r = 0; r < rows_q; ++r) {
+    float m = m1[r], l = l1[r];
+    std::vector<float> a(acc1.begin() + (size_t)r * hd, acc1.begin() + (size_t)(r + 1) * hd);
+    specode::softmax_merge(&m, &l, a.data(), m2[r], l2[r], &acc2[(size_t)r * hd], hd);
+    worst = std::fmax(worst, std::fabs(rm[r] - m) + std::fabs(rl[r] - l) / std::fmax(1.0f, l));
+    for (int c = 0; c < hd; ++c) worst = std::fmax(worst, std::fabs(racc[(size_t)r * hd + c] - a[c]));
+  }
+  std::snprintf(detail, sizeof detail, "status %d, worst |difference| %.2e", st, worst);
+  report("softmax_merge_matches_cpu", st == 0 && worst < 1e-5, detail);
+  for (int s = 0; s < 3; ++s) {
+    cudaFree((void *)seg.k[s]);
+    cudaFree((void *)seg.v[s]);
+  }
+  for (void *ptr : {(void *)dq, (void *)dm, (void *)dl, (void *)dacc, (void *)dvis, (void *)am, (void *)al, (void *)aacc, (void *)bm, (void *)bl, (void *)bacc})
+    cudaFree(ptr);
+}
+
 }  // namespace
 
 int main() {
@@ -279,6 +368,7 @@ int main() {
   topk_matches_cpu(20000, 64);
   topk_matches_cpu(50, 64);
   gather_from_pinned_host();
+  fp16_piece_and_merge_match_cpu();
   for (uint32_t type : {0u, 1u, 3u, 6u, 8u, 12u, 14u})
     for (int n_tokens : {1, 2, 11}) matvec_matches_cpu(type, n_tokens);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
