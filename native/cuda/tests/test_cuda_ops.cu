@@ -6,13 +6,19 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "cuda_forward.h"
 #include "cuda_ops.h"
+#include "engine_internal_access.h"
+#include "tiny_model.h"
 #include "lowbit.h"
 #include "quant.h"
 #include "specache.h"
@@ -349,6 +355,64 @@ void fp16_piece_and_merge_match_cpu() {
     cudaFree(ptr);
 }
 
+// The decode step on the device against the CPU engine (policy full), token by token:
+// logits' worst difference relative to their range, and the greedy choices over `steps`
+// steps (each side fed its own argmax; they must agree throughout).
+void forward_matches_cpu(specode_model *model, const char *name, const std::vector<int32_t> &prompt, int steps, double tol) {
+  specode::Model *m = engine_model(model);
+  std::unique_ptr<specode::cuda::DeviceModel> dm;
+  std::string err;
+  int st = specode::cuda::DeviceModel::upload(*m, &dm, &err);
+  if (st != 0) {
+    report("forward_matches_cpu", false, err.c_str());
+    return;
+  }
+  std::unique_ptr<specode::cuda::DeviceContext> dc;
+  const int n_ctx = (int)prompt.size() + steps + 1;
+  st = specode::cuda::DeviceContext::create(*dm, n_ctx, &dc);
+  specode_context_params cp = specode_context_default_params();
+  cp.n_ctx = (uint32_t)n_ctx;
+  cp.kv_type = SPECODE_KV_F16;  // as the device cache
+  specode_context *ctx = nullptr;
+  if (st != 0 || specode_context_init(model, &cp, &ctx) != SPECODE_OK) {
+    report("forward_matches_cpu", false, "context");
+    return;
+  }
+  const int V = m->hp.n_vocab;
+  std::vector<float> lc(V), lg(V);
+  double worst = 0;
+  int agree = 0, total = 0;
+  auto argmax = [&](const std::vector<float> &x) { return (int32_t)(std::max_element(x.begin(), x.end()) - x.begin()); };
+  int32_t tok = prompt[0];
+  for (int i = 0; i + 1 < (int)prompt.size() + steps; ++i) {
+    if (specode_decode(ctx, &tok, 1, 0, lc.data()) != SPECODE_OK || dc->decode(tok, lg.data()) != 0) {
+      report("forward_matches_cpu", false, "decode failed");
+      specode_context_free(ctx);
+      return;
+    }
+    float lo = lc[0], hi = lc[0];
+    double d = 0;
+    for (int v = 0; v < V; ++v) {
+      lo = std::fmin(lo, lc[v]);
+      hi = std::fmax(hi, lc[v]);
+      d = std::fmax(d, std::fabs(lc[v] - lg[v]));
+    }
+    worst = std::fmax(worst, d / std::fmax(1e-6f, hi - lo));
+    if (i + 1 < (int)prompt.size()) {
+      tok = prompt[i + 1];
+    } else {
+      const int32_t a = argmax(lc), b = argmax(lg);
+      agree += a == b;
+      ++total;
+      tok = a;
+    }
+  }
+  specode_context_free(ctx);
+  char detail[200];
+  std::snprintf(detail, sizeof detail, "%s: worst |logit difference| / logit range %.2e (tolerance %.0e); greedy %d/%d steps agree", name, worst, tol, agree, total);
+  report("forward_matches_cpu", worst <= tol && agree == total, detail);
+}
+
 }  // namespace
 
 int main() {
@@ -369,6 +433,26 @@ int main() {
   topk_matches_cpu(50, 64);
   gather_from_pinned_host();
   fp16_piece_and_merge_match_cpu();
+  {
+    tinygguf::TinyFile tiny(2, "cuda");
+    if (tiny.model) forward_matches_cpu(tiny.model, "tiny F32 llama", tinygguf::prompt(24, 5), 32, 1e-4);
+    else report("forward_matches_cpu", false, "tiny model did not load");
+  }
+  // A real GGUF (e.g. smollm2-135m, qwen2.5-coder-0.5b): SPECODE_CUDA_TEST_MODEL=path. Activations
+  // are fp32 here and Q8 on the CPU for quantized weights, hence the looser tolerance.
+  if (const char *path = std::getenv("SPECODE_CUDA_TEST_MODEL")) {
+    specode_model_params mp = specode_model_default_params();
+    mp.path = path;
+    specode_model *model = nullptr;
+    if (specode_model_load(&mp, &model) == SPECODE_OK) {
+      std::vector<int32_t> ids;
+      for (int i = 0; i < 32; ++i) ids.push_back(100 + (i * 37) % 1000);
+      forward_matches_cpu(model, path, ids, 64, 2e-2);
+      specode_model_free(model);
+    } else {
+      report("forward_matches_cpu", false, specode_last_error());
+    }
+  }
   for (uint32_t type : {0u, 1u, 3u, 6u, 8u, 12u, 14u})
     for (int n_tokens : {1, 2, 11}) matvec_matches_cpu(type, n_tokens);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
