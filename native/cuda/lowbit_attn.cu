@@ -202,16 +202,19 @@ __global__ void lowbit_values_kernel(const uint8_t *__restrict__ vcodes, const _
 }
 
 namespace {
-// Block-wide argmax of vals[0..n) (ties: the lower index); every thread gets the result.
+// Block-wide argmax over candidates i < n: value vals[i], position ids[i] (i itself when ids
+// is null); a candidate with a negative position is absent. Ties go to the lower position;
+// -inf values count (select_topk returns them too). best_id is INT32_MAX when none is left.
 __device__ void block_argmax(const float *vals, const int *ids, int n, float *best_val, int *best_id) {
   __shared__ float rv[32];
   __shared__ int ri[32];
   float bv = -INFINITY;
   int bi = INT32_MAX;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const float v = vals[i];
     const int id = ids ? ids[i] : i;
-    if (v > bv || (v == bv && id < bi)) {
+    if (id < 0) continue;
+    const float v = vals[i];
+    if (bi == INT32_MAX || v > bv || (v == bv && id < bi)) {
       bv = v;
       bi = id;
     }
@@ -219,7 +222,7 @@ __device__ void block_argmax(const float *vals, const int *ids, int n, float *be
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
+    if (oi != INT32_MAX && (bi == INT32_MAX || ov > bv || (ov == bv && oi < bi))) {
       bv = ov;
       bi = oi;
     }
@@ -232,7 +235,7 @@ __device__ void block_argmax(const float *vals, const int *ids, int n, float *be
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < warps; ++w)
-      if (rv[w] > rv[0] || (rv[w] == rv[0] && ri[w] < ri[0])) {
+      if (ri[w] != INT32_MAX && (ri[0] == INT32_MAX || rv[w] > rv[0] || (rv[w] == rv[0] && ri[w] < ri[0]))) {
         rv[0] = rv[w];
         ri[0] = ri[w];
       }
@@ -244,29 +247,33 @@ __device__ void block_argmax(const float *vals, const int *ids, int n, float *be
 }
 }  // namespace
 
-// Stage 1: each block keeps the k best of its chunk of score[0..n): positions and values.
+// Stage 1: each block keeps the k best of its chunk of score[0..n) (fewer when the chunk is
+// shorter; the rest of its slots get position -1).
 __global__ void topk_chunk_kernel(const float *__restrict__ score, int n, int k, int chunk, int *__restrict__ cand_pos,
                                   float *__restrict__ cand_val) {
-  extern __shared__ float vals[];  // [chunk]
+  extern __shared__ float vals[];  // [chunk] scores, then [chunk] ids
   const int base = blockIdx.x * chunk, len = min(chunk, n - base);
   for (int i = threadIdx.x; i < len; i += blockDim.x) vals[i] = score[base + i];
+  __syncthreads();
+  int *ids = reinterpret_cast<int *>(vals + chunk);  // [chunk] chunk offsets, -1 once taken
+  for (int i = threadIdx.x; i < len; i += blockDim.x) ids[i] = i;
   __syncthreads();
   for (int s = 0; s < k; ++s) {
     float bv;
     int bi;
-    block_argmax(vals, nullptr, len, &bv, &bi);
+    block_argmax(vals, ids, len, &bv, &bi);
     if (threadIdx.x == 0) {
-      const bool valid = s < len && bv != -INFINITY;
+      const bool valid = bi != INT32_MAX;
       cand_pos[(size_t)blockIdx.x * k + s] = valid ? base + bi : -1;
       cand_val[(size_t)blockIdx.x * k + s] = valid ? bv : -INFINITY;
-      if (valid) vals[bi] = -INFINITY;
+      if (valid) ids[bi] = -1;
     }
     __syncthreads();
   }
 }
 
 // Stage 2 (one block): the k best of the candidates, written in ascending position order
-// (src/specache.h select_topk: ties go to the lower position). *count: how many.
+// (src/specache.h select_topk: min(n, k) positions, ties to the lower position). *count: how many.
 __global__ void topk_merge_kernel(float *__restrict__ cand_val, int *__restrict__ cand_pos, int n_cand, int k,
                                   int *__restrict__ out, int *__restrict__ count) {
   __shared__ int chosen[1024];
@@ -276,14 +283,13 @@ __global__ void topk_merge_kernel(float *__restrict__ cand_val, int *__restrict_
   for (int s = 0; s < k && s < 1024; ++s) {
     float bv;
     int bi;
-    // Invalid candidates (-1) sort last: give them the largest id so a tie never picks them.
     block_argmax(cand_val, cand_pos, n_cand, &bv, &bi);
-    if (bv == -INFINITY) break;
+    if (bi == INT32_MAX) break;  // every candidate taken (n < k)
     if (threadIdx.x == 0) {
       chosen[n_chosen++] = bi;
       for (int i = 0; i < n_cand; ++i)
         if (cand_pos[i] == bi) {
-          cand_val[i] = -INFINITY;
+          cand_pos[i] = -1;  // taken
           break;
         }
     }
@@ -322,7 +328,8 @@ __global__ void gather_rows_kernel(const uint16_t *const *__restrict__ src_rows,
 int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int hd, int bits, uint8_t *kcodes,
                         __half *kscale, __half *kzero, uint8_t *vcodes, __half *vscale, __half *vzero,
                         cudaStream_t stream) {
-  if (n_tokens % g != 0 || (bits != 1 && bits != 2) || hd > 1024) return SPECODE_ERR_ARGUMENT;
+  if (g <= 0 || g % 8 != 0 || hd % 8 != 0 || n_tokens % g != 0 || (bits != 1 && bits != 2) || hd > 1024)
+    return SPECODE_ERR_ARGUMENT;
   const int vg = g < hd ? g : hd;
   if (n_tokens == 0) return SPECODE_OK;
   quantize_keys_kernel<<<n_tokens / g, hd, 0, stream>>>(k, g, hd, bits, kcodes, kscale, kzero);
@@ -361,7 +368,7 @@ int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, i
     CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int), stream));
     return SPECODE_OK;
   }
-  topk_chunk_kernel<<<chunks, 256, kChunk * sizeof(float), stream>>>(score, n, k, kChunk, cand_pos, cand_val);
+  topk_chunk_kernel<<<chunks, 256, kChunk * (sizeof(float) + sizeof(int)), stream>>>(score, n, k, kChunk, cand_pos, cand_val);
   CUDA_CHECK_LAUNCH();
   topk_merge_kernel<<<1, 256, 0, stream>>>(cand_val, cand_pos, chunks * k, k, out, count);
   CUDA_CHECK_LAUNCH();

@@ -228,7 +228,7 @@ int Context::copy_from(const Context &src, std::string *err) {
     }
     for (int l = 0; l < hp.n_layer; ++l) {
       if (!src.kv_->read(l, done, chunk, k.data(), v.data())) {
-        kv_->end_pass();
+        kv_->end_failed_pass();
         publish_metrics();
         *err = std::string("context_copy: the source policy '") + src.kv_->policy() + "' keeps no full-precision rows to copy";
         return SPECODE_ERR_UNSUPPORTED;

@@ -90,6 +90,9 @@ class KvCache {
   // tokens. Policies that keep every row resident need neither.
   virtual bool begin_pass(const KvPass &pass) { return true; }
   virtual void end_pass() {}
+  // A pass that stopped before every layer stored its rows (an error path): the rows of
+  // its tokens are not to be trusted (not persisted). Default: end_pass().
+  virtual void end_failed_pass() { end_pass(); }
 
   // Paged policies: extend the held tokens with cached pages whose prefix
   // chain continues them with next[0..n); returns how many tokens were

@@ -1,5 +1,7 @@
 #include "kv_disk.h"
 
+#include "quant.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -60,8 +62,14 @@ std::string hex(uint64_t x) {
 
 }  // namespace
 
+// Bump when the forward pass's arithmetic changes (kernels, RoPE, attention): pages written
+// by an older engine then live under another directory and are never adopted.
+constexpr uint64_t kEngineKvVersion = 1;
+
 uint64_t KvDisk::model_identity(const uint8_t *data, uint64_t size) {
-  uint64_t h = mix64(size ^ 0x6b766469736bull);
+  uint64_t h = mix64(size ^ 0x6b766469736bull ^ (kEngineKvVersion << 48));
+  const char *set = quant_kernel_set();
+  h = checksum(h, set, std::strlen(set));
   const uint64_t chunk = 64 << 10, stride = 16ull << 20;
   for (uint64_t off = 0; off < size; off += stride) h = checksum(h, data + off, (size_t)std::min(chunk, size - off));
   if (size > chunk) h = checksum(h, data + size - chunk, chunk);
@@ -78,8 +86,12 @@ KvDisk::KvDisk(const KvDiskConfig &cfg) : cfg_(cfg) {
   if (!usable_) return;
   for (const auto &e : fs::directory_iterator(mdir_, ec)) {
     if (!e.is_regular_file(ec)) continue;
-    if (e.path().extension() == ".tmp") fs::remove(e.path(), ec);  // left by a crash mid-write
-    else bytes_ += e.file_size(ec);
+    if (e.path().extension() == ".tmp") {
+      // Left by a crash mid-write (not one another server is writing right now).
+      if (fs::file_time_type::clock::now() - e.last_write_time(ec) > std::chrono::hours(1)) fs::remove(e.path(), ec);
+    } else {
+      bytes_ += e.file_size(ec);
+    }
   }
 }
 
@@ -121,15 +133,24 @@ bool KvDisk::load(uint64_t hash, uint64_t parent, const int32_t *tokens, uint16_
   return true;
 }
 
+void KvDisk::touch(uint64_t hash) {
+  if (!usable_) return;
+  std::error_code ec;
+  fs::last_write_time(path(hash), fs::file_time_type::clock::now(), ec);  // no file: nothing to do
+}
+
+// Over the cap: the least recently used files go until 90 % of it is left (so the
+// directory is not rescanned at every save).
 void KvDisk::enforce_cap(uint64_t incoming) {
   if (bytes_ + incoming <= cfg_.max_bytes) return;
+  const uint64_t target = cfg_.max_bytes / 10 * 9;
   std::error_code ec;
   std::vector<std::pair<fs::file_time_type, fs::path>> files;
   for (const auto &e : fs::directory_iterator(mdir_, ec))
     if (e.is_regular_file(ec) && e.path().extension() == ".kvpage") files.emplace_back(e.last_write_time(ec), e.path());
   std::sort(files.begin(), files.end());
   for (const auto &f : files) {
-    if (bytes_ + incoming <= cfg_.max_bytes) break;
+    if (bytes_ + incoming <= target) break;
     const uint64_t sz = fs::file_size(f.second, ec);
     if (fs::remove(f.second, ec)) bytes_ = bytes_ >= sz ? bytes_ - sz : 0;
   }
@@ -141,11 +162,11 @@ bool KvDisk::save(uint64_t hash, uint64_t parent, const int32_t *tokens, const u
   std::error_code ec;
   // A file already there is replaced: a page is saved only when it was computed, which
   // means that file was not adopted (it may be corrupt).
-  const uint64_t old_size = fs::exists(p, ec) ? fs::file_size(p, ec) : 0;
   const int P = cfg_.page_tokens;
   const uint64_t total = sizeof(Header) + (uint64_t)P * sizeof(int32_t) + page_elems_ * sizeof(uint16_t);
   if (total > cfg_.max_bytes) return false;
   enforce_cap(total);
+  const uint64_t old_size = fs::exists(p, ec) ? fs::file_size(p, ec) : 0;  // after the cap: it may be gone
   Header h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = kVersion;
@@ -169,7 +190,7 @@ bool KvDisk::save(uint64_t hash, uint64_t parent, const int32_t *tokens, const u
     fs::remove(tmp, ec);
     return false;
   }
-  bytes_ = bytes_ + total - std::min(bytes_, ec ? 0 : old_size);
+  bytes_ = bytes_ + total - std::min(bytes_, old_size);
   ++saved_;
   return true;
 }

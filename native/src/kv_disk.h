@@ -37,6 +37,8 @@ class KvDisk {
   bool save(uint64_t hash, uint64_t parent, const int32_t *tokens, const uint16_t *rows);
   // A file for `hash` exists (not verified).
   bool has(uint64_t hash) const;
+  // Marks the page's file as just used (the cap removes the least recently used first).
+  void touch(uint64_t hash);
 
   uint64_t loaded() const { return loaded_; }
   uint64_t saved() const { return saved_; }
@@ -44,8 +46,9 @@ class KvDisk {
   uint64_t bytes_on_disk() const { return bytes_; }
   const std::string &model_dir() const { return mdir_; }
 
-  // Identity of a model file for the tier: its size and 64 KiB samples
-  // spread over it (metadata and weights), hashed.
+  // Identity of the rows a page holds: the model file (its size and 64 KiB samples spread
+  // over it, metadata and weights), the engine's KV format version (bumped whenever the
+  // forward pass's arithmetic changes) and the CPU kernel set that computed them.
   static uint64_t model_identity(const uint8_t *data, uint64_t size);
 
  private:

@@ -221,6 +221,7 @@ int KvPages::seq_adopt_cached(int seq, const int32_t *next, int n) {
     PageId page = lookup(parent, ids.data());
     if (page >= 0) {
       acquire(page);
+      if (disk_) disk_->touch(meta_[page].hash);
     } else {
       page = load_from_disk(parent, ids.data());  // ref 1 already
       if (page < 0) break;

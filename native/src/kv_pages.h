@@ -78,6 +78,8 @@ class KvPages {
   // Saves the pages registered since the last call (their rows must be written:
   // the owner calls this after each forward pass).
   void persist();
+  // Drops the pages registered since the last persist() from the list to save.
+  void forget_unsaved() { unsaved_.clear(); }
 
   // ---- rows: [head_dim] fp16 each
   uint16_t *k_row(PageId page, int layer, int kv_head, int slot) { return row(page, layer, 0, kv_head, slot); }

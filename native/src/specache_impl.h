@@ -118,7 +118,14 @@ class PagedKvCache final : public KvCache {
 
   const char *policy() const override { return kv_policy_name(cfg_.policy); }
   bool begin_pass(const KvPass &pass) override;
-  void end_pass() override { pages_->persist(); }
+  // Pages that filled during a prefill pass of at least a page of tokens (the repo head, a
+  // recomputed prompt tail) go to the disk tier; pages filled by generation steps or
+  // draft checks do not (their content is this request's output, not a reusable prefix).
+  void end_pass() override {
+    if (pass_.n_keep >= cfg_.page_tokens && !pass_.decode) pages_->persist();
+    else pages_->forget_unsaved();
+  }
+  void end_failed_pass() override { pages_->forget_unsaved(); }
   void store(int layer, int pos0, int n, const float *k, const float *v) override;
   void attend(int layer, int pos0, int n, const float *q, float *out, ThreadPool &pool) override;
   void truncate(int n_keep) override;

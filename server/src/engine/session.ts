@@ -16,11 +16,15 @@ export interface GenerateOptions {
   /** Called with each new piece of text as soon as it is complete UTF-8. */
   onText?: (piece: string) => void;
   /**
-   * Prompt-lookup drafts (greedy sampling only; ignored otherwise): when the last
-   * `ngram` tokens occurred before in the prompt or the output, the tokens that
-   * followed them there (at most `maxDraft`) are run with the next token in one
-   * forward pass and kept while they equal the model's own argmax — the output is
-   * the greedy output, produced in fewer passes when the text repeats.
+   * Prompt-lookup drafts (greedy sampling without a repetition penalty only; ignored
+   * otherwise): when the last `ngram` tokens occurred before in the prompt or the output,
+   * the tokens that followed them there (at most `maxDraft`) are run with the next token
+   * in one forward pass and kept while they equal the model's own argmax. Fewer passes
+   * when the text repeats. The check is a multi-token pass, which attends exactly: under
+   * `full` (and specache with a top-k covering the context) the output is the greedy
+   * output token for token; under specache with a small top-k the drafted positions get
+   * exact attention instead of the low-bit approximation, and the step after a check
+   * starts a new speculation (a pre-decode pass).
    */
   lookup?: { maxDraft: number; ngram?: number };
 }
@@ -145,7 +149,7 @@ export class Session {
       let emitted = 0;  // chars of text already passed to onText
       let stopReason = 'length' as GenerateResult['stopReason'];
       const holdBack = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
-      const greedy = (opts.sampler?.temperature ?? 0) <= 0;
+      const greedy = (opts.sampler?.temperature ?? 0) <= 0 && (opts.sampler?.repeatPenalty ?? 1) === 1;
       const lookup = greedy && opts.lookup && opts.lookup.maxDraft > 0 ? opts.lookup : undefined;
       const nVocab = this.info.nVocab;
       let draftTokens = 0;
@@ -179,6 +183,7 @@ export class Session {
             stopReason = 'cancelled';
             break;
           }
+          if (out.length >= maxTokens) break;
           if (tok < 0) tok = sampler.sample(this.ctx);
           if (!take(tok)) break;
           const draft = lookup ? lookupDraft([...ids, ...out], lookup.ngram ?? 3, Math.min(lookup.maxDraft, maxTokens - out.length)) : [];
@@ -198,7 +203,8 @@ export class Session {
           if (kept < draft.length) this.ctx.truncate(this.ctx.nPast - (draft.length - kept));
           this.cached.push(tok, ...draft.slice(0, kept));
           let more = true;
-          for (let i = 0; i < kept && more; i++) more = take(draft[i]);
+          // (onText may have cancelled the request at a boundary: take nothing after that.)
+          for (let i = 0; i < kept && more && !opts.signal?.aborted; i++) more = take(draft[i]);
           if (!more) {
             // Ended inside the draft: drop the KV of tokens after the last one output.
             const keep = ids.length + out.length;

@@ -185,7 +185,9 @@ export class SpecodeService {
       try {
         while (done < ids.length) {
           if (signal.aborted) throw new CancelledError();
-          const end = Math.min(ids.length, done + INDEX_CHUNK);
+          // Chunks end one token past a multiple of INDEX_CHUNK: the engine adopts cached pages
+          // for all but a pass's last token, so every whole page of the chunk can come from them.
+          const end = Math.min(ids.length, (Math.floor(done / INDEX_CHUNK) + 1) * INDEX_CHUNK + 1);
           const r = await engine.prefill(ids.slice(0, end), signal);
           // Tokens the engine read from cached pages (the disk tier after a restart) count as reused.
           reused += Math.max(0, Math.min(end, r.reused) - done);
