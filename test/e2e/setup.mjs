@@ -55,10 +55,10 @@ function quietLines(out) {
   return out.split('\n').filter((l) => l.trim() && !/Unknown (user|env) config/.test(l));
 }
 
-function systemDeps(log) {
+function systemDeps(log, browser) {
   const p = paths();
   const missing = [];
-  if (!existsSync(p.chromium)) missing.push('chromium');
+  if (browser && !existsSync(p.chromium)) missing.push('chromium');
   if (!existsSync('/usr/include/krb5.h') && !existsSync('/usr/include/krb5/krb5.h')) missing.push('libkrb5-dev');
   if (!missing.length) return;
   const cmd = `apt-get install -y ${missing.join(' ')}`;
@@ -116,12 +116,12 @@ function installCodeServer(log, force) {
 }
 
 /** Installs what is missing; returns paths and what was done. */
-export function setup({ force = false, quiet = false } = {}) {
+export function setup({ force = false, quiet = false, browser = true, label = 'e2e setup' } = {}) {
   const log = (m) => {
-    if (!quiet) console.log(`e2e setup: ${m}`);
+    if (!quiet) console.log(`${label}: ${m}`);
   };
   const t0 = Date.now();
-  systemDeps(log);
+  systemDeps(log, browser);
   const nodeInstalled = installNode(log, force);
   const csInstalled = installCodeServer(log, force);
   const p = paths();
