@@ -4,6 +4,7 @@
 // end-to-end suite in a real VS Code (code-server + Chromium).
 //   SPECODE_TEST_OFFLINE=1  skip model/peer downloads (those tests then skip, saying so)
 //   SPECODE_E2E=0           skip the end-to-end suite (it needs apt, npm and ~7 min the first time)
+//   SPECODE_ELECTRON=0      skip the @vscode/test-electron suite (it downloads VS Code; skips itself offline)
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -25,6 +26,8 @@ if (!process.env.SPECODE_TEST_OFFLINE) {
 const files = readdirSync(join(root, 'test/unit')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test/unit', f));
 const unit = run('node', ['--import', 'tsx', '--test', '--test-concurrency=1', ...files], { env: { ...process.env, SPECODE_REQUIRE_NATIVE: '1' } });
 if (unit !== 0) process.exit(unit);
+// The @vscode/test-electron suite: where VS Code can be downloaded (it says "skipped" here).
+if (process.env.SPECODE_ELECTRON !== '0' && run('node', ['test/electron/run.mjs']) !== 0) process.exit(1);
 if (process.env.SPECODE_E2E === '0') {
   console.log('test: end-to-end suite skipped (SPECODE_E2E=0)');
   process.exit(0);
