@@ -1,12 +1,15 @@
 // workspace_files.ts — the repository context the server builds prompts from:
 // the workspace folder's files (vscode.workspace.findFiles, so files.exclude
 // applies; .gitignore files are read and applied here), with the unsaved text
-// of dirty editors, ordered least-changing first and cut to a rough token
-// budget (the server fits it exactly). Re-sent, debounced, when files change.
+// of dirty editors; when the repo is larger than a rough token budget, the files
+// most relevant to the open tabs (context_select.ts); ordered least-changing
+// first (the server fits the exact budget). Re-sent, debounced, when files change
+// or tabs open and close.
 import * as vscode from 'vscode';
 import { fitToBudget, orderByStability } from '../../server/src/context/prompt';
 import type { RepoFile } from '../../server/src/context/repo';
 import type { ContextFile, SetContextParams } from '../../server/src/protocol';
+import { selectRelevant } from './context_select';
 import { decodeText, excludeGlob, GitignoreSet, MAX_FILE_BYTES, skipByName } from './repo_filter';
 
 /** Files looked at, at most. */
@@ -37,6 +40,10 @@ export class WorkspaceContext implements vscode.Disposable {
       vscode.workspace.onDidCreateFiles(soon),
       vscode.workspace.onDidDeleteFiles(soon),
       vscode.workspace.onDidRenameFiles(soon),
+      // Which files are open decides what goes in when the repo is larger than the budget.
+      vscode.window.tabGroups.onDidChangeTabs((e) => {
+        if (e.opened.length || e.closed.length) soon();
+      }),
       // Leaving an editor with unsaved changes: its text now belongs to the repo context.
       vscode.window.onDidChangeActiveTextEditor(() => {
         if (vscode.workspace.textDocuments.some((d) => d.isDirty && d.uri.scheme === 'file')) soon();
@@ -125,8 +132,16 @@ export async function collectContext(budgetTokens: number): Promise<SetContextPa
     }
   }
   const rough = { count: (t: string) => Math.ceil(t.length / CHARS_PER_TOKEN) };
+  // A repo larger than the budget: the files most relevant to the open tabs (their imports,
+  // their folders, recent changes), big ones cut at declaration boundaries (context_select.ts).
+  const open: string[] = [];
+  const active = vscode.window.activeTextEditor?.document.uri;
+  if (active?.scheme === 'file') open.push(rel(active));
+  for (const tab of vscode.window.tabGroups.all.flatMap((g) => g.tabs))
+    if (tab.input instanceof vscode.TabInputText && tab.input.uri.scheme === 'file') open.push(rel(tab.input.uri));
   // Generous: the server trims to the exact budget with the real tokenizer.
-  const kept = fitToBudget(orderByStability(files), budgetTokens * 1.5, rough);
+  const chosen = selectRelevant(files, { open: [...new Set(open)] }, budgetTokens * 1.5, rough);
+  const kept = fitToBudget(orderByStability(chosen), budgetTokens * 1.5, rough);
   const out: ContextFile[] = kept.map((f) => ({ path: f.path, text: f.text, mtimeMs: f.mtimeMs }));
   return { repoName: folder.name, files: out };
 }

@@ -242,8 +242,11 @@ test('folder context like the client: filters, .gitignore, least-changing first'
     const ctx = collectFolderContext(dir, 1000);
     assert.equal(ctx.repoName, dir.split(/[\\/]/).pop());
     assert.deepEqual(ctx.files.map((f) => f.path), ['.gitignore', 'src/old.ts', 'src/new.ts']);
-    // A small budget keeps the oldest files that fit.
-    assert.deepEqual(collectFolderContext(dir, 18).files.map((f) => f.path), ['.gitignore', 'src/old.ts']);
+    // A small budget keeps the most relevant files (extension/src/context_select.ts): with no
+    // file open, the newest; sent least-changing first.
+    assert.deepEqual(collectFolderContext(dir, 18).files.map((f) => f.path), ['.gitignore', 'src/new.ts']);
+    // With src/old.ts open, it wins.
+    assert.deepEqual(collectFolderContext(dir, 18, ['src/old.ts']).files.map((f) => f.path), ['.gitignore', 'src/old.ts']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -45,6 +45,7 @@ import {
   StreamMessageWriter,
   type ProtocolConnection,
 } from 'vscode-languageserver-protocol/node';
+import { selectRelevant } from '../../../extension/src/context_select';
 import { decodeText, GitignoreSet, MAX_FILE_BYTES, SKIP_DIRS, skipByName } from '../../../extension/src/repo_filter';
 import { fitToBudget, orderByStability } from '../context/prompt';
 import type { RepoFile } from '../context/repo';
@@ -460,7 +461,7 @@ export function buildWorkspace(ctx: number): Workspace {
  * names, .gitignore rules, binary / non-UTF-8 / huge files left out, ordered
  * least-changing first, cut to 1.5 × the budget at 3 chars a token.
  */
-export function collectFolderContext(dir: string, budgetTokens: number): SetContextParams {
+export function collectFolderContext(dir: string, budgetTokens: number, openPaths: string[] = []): SetContextParams {
   const paths: string[] = [];
   const walk = (d: string) => {
     for (const name of readdirSync(d).sort()) {
@@ -488,7 +489,8 @@ export function collectFolderContext(dir: string, budgetTokens: number): SetCont
     files.push({ path, text, mtimeMs: st.mtimeMs, bytes: st.size });
   }
   const rough = { count: (t: string) => Math.ceil(t.length / CLIENT_CHARS_PER_TOKEN) };
-  const kept = fitToBudget(orderByStability(files), budgetTokens * CLIENT_BUDGET_FACTOR, rough);
+  const chosen = selectRelevant(files, { open: openPaths }, budgetTokens * CLIENT_BUDGET_FACTOR, rough);
+  const kept = fitToBudget(orderByStability(chosen), budgetTokens * CLIENT_BUDGET_FACTOR, rough);
   return { repoName: basename(dir), files: kept.map((f) => ({ path: f.path, text: f.text, mtimeMs: f.mtimeMs })) };
 }
 
@@ -593,7 +595,7 @@ export async function benchEditor(o: EditorOptions): Promise<Envelope> {
       // Every run indexes from scratch: pages a previous run left in the disk tier would make the index phase vary.
       kvDiskCache: false,
     });
-    const context = collectFolderContext(ws.dir, o.ctx);
+    const context = collectFolderContext(ws.dir, o.ctx, [ws.current]);
     if (!context.files.some((f) => f.path === ws.current)) throw new Error(`bench editor: the client's context left out the edited file ${ws.current}`);
     await conn.sendRequest(SetContext, context);
     log(`editor: context ${context.files.length} files sent; indexing (model load + prefill)…`);
