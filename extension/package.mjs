@@ -44,7 +44,7 @@ if (list.status !== 0) {
   console.warn('package: unzip is not installed; contents not checked.');
 } else {
   const names = list.stdout.split('\n').filter(Boolean);
-  const need = ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/server.js', 'extension/native/build/specode.node', 'extension/media/panel.js', 'extension/media/icon.png'];
+  const need = ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/server.js', 'extension/native/build/specode.node', 'extension/media/panel.js', 'extension/media/icon.png', 'extension/dist/wasm/tree-sitter.wasm', 'extension/dist/wasm/tree-sitter-typescript.wasm', 'extension/dist/wasm/tree-sitter-python.wasm'];
   const missing = need.filter((n) => !names.includes(n));
   const unwanted = names.filter((n) => /(^|\/)(node_modules|src|test|native\/src|native\/build\/CMakeFiles)\//.test(n) || /\.ts$|\.map$/.test(n));
   if (missing.length || unwanted.length) {

@@ -3,7 +3,7 @@
 // Nothing is downloaded: Node-API headers come from the node-api-headers package.
 //   node scripts/build.mjs [--native-only] [--ts-only] [--debug]
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,7 +57,18 @@ async function buildTs() {
   if (existsSync(join(root, 'server/src/server.ts'))) entries.push({ entryPoints: ['server/src/server.ts'], outfile: 'dist/server.js' });
   if (existsSync(join(root, 'extension/src/main.ts'))) entries.push({ entryPoints: ['extension/src/main.ts'], outfile: 'dist/extension.js', external: ['vscode'] });
   for (const e of entries) await esbuild.build({ ...common, absWorkingDir: root, ...e });
+  // tree-sitter (WebAssembly) for the extension's declaration chunks: the runtime and the grammars used.
+  mkdirSync(join(root, 'dist', 'wasm'), { recursive: true });
+  for (const [from, name] of TREE_SITTER_WASM) copyFileSync(join(root, 'node_modules', from), join(root, 'dist', 'wasm', name));
 }
+
+const TREE_SITTER_WASM = [
+  ['web-tree-sitter/tree-sitter.wasm', 'tree-sitter.wasm'],
+  ['tree-sitter-wasms/out/tree-sitter-typescript.wasm', 'tree-sitter-typescript.wasm'],
+  ['tree-sitter-wasms/out/tree-sitter-tsx.wasm', 'tree-sitter-tsx.wasm'],
+  ['tree-sitter-wasms/out/tree-sitter-javascript.wasm', 'tree-sitter-javascript.wasm'],
+  ['tree-sitter-wasms/out/tree-sitter-python.wasm', 'tree-sitter-python.wasm'],
+];
 
 if (!args.has('--ts-only')) buildNative();
 if (!args.has('--native-only')) await buildTs();

@@ -8,11 +8,12 @@
 // between open files; it changes when tabs open or close or files are saved.
 // Files are then sent least-changing first (orderByStability) as before.
 //
-// A file larger than a quarter of the budget (and 256 tokens) is cut at top-level declaration
-// boundaries (a line at column 0 that starts a declaration, outside any
-// bracket): its head (imports) and then whole declarations in order while they
-// fit, with a marker line where declarations were left out. This is a
-// line-and-bracket heuristic, not a parser (tree-sitter is not used).
+// A file larger than a quarter of the budget (and 256 tokens) is cut at top-level
+// declaration boundaries: its head (imports) and then whole declarations in order
+// while they fit, with a marker line where declarations were left out. The
+// boundaries come from a tree-sitter parse (tree_chunks.ts, passed in as `pieces`)
+// for TS/TSX/JS/Python; otherwise from declarationPieces, a line-and-bracket
+// heuristic (a line at column 0 that starts a declaration, outside any bracket).
 // Pure (no vscode import): unit-tested.
 import type { RepoFile } from '../../server/src/context/repo';
 
@@ -79,7 +80,12 @@ export function resolveImport(from: string, spec: string, exists: (p: string) =>
  * Files for a context of `budget` tokens, most relevant first, some of them cut (see
  * cutAtDeclarations). When everything fits, all files, untouched.
  */
-export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, counter: Counter): RepoFile[] {
+/** Files costing more than this many tokens (of a `budget`) are cut at declarations. */
+export function cutThreshold(budget: number): number {
+  return Math.max(256, Math.floor(budget / 4));
+}
+
+export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, counter: Counter, pieces?: ReadonlyMap<string, string[]>): RepoFile[] {
   const cost = new Map<RepoFile, number>();
   let total = 0;
   for (const f of files) {
@@ -113,14 +119,13 @@ export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, 
   const ranked = [...files].sort((a, b) => (score.get(b.path) ?? 0) - (score.get(a.path) ?? 0) || cost.get(a)! - cost.get(b)! || (a.path < b.path ? -1 : 1));
   const kept: RepoFile[] = [];
   let used = 0;
-  // A file over a quarter of the budget (and over 256 tokens) is cut to that.
-  const share = Math.max(256, Math.floor(budget / 4));
+  const share = cutThreshold(budget);
   for (const f of ranked) {
     const left = budget - used;
     if (left <= 0) break;
     let g = f;
     if (cost.get(f)! > Math.min(share, left)) {
-      const cut = cutAtDeclarations(f, Math.min(share, left) - counter.count(f.path) - 4, counter);
+      const cut = cutAtDeclarations(f, Math.min(share, left) - counter.count(f.path) - 4, counter, pieces?.get(f.path));
       if (!cut) continue;
       g = cut;
     }
@@ -182,9 +187,9 @@ export function declarationPieces(text: string): string[] {
  * declarations in order while they fit; a marker line where some were left out. Undefined
  * when not even the head fits.
  */
-export function cutAtDeclarations(f: RepoFile, budget: number, counter: Counter): RepoFile | undefined {
+export function cutAtDeclarations(f: RepoFile, budget: number, counter: Counter, given?: string[]): RepoFile | undefined {
   if (budget <= 0) return undefined;
-  const pieces = declarationPieces(f.text);
+  const pieces = given ?? declarationPieces(f.text);
   const comment = /\.(py|pyi|sh|rb|toml|ya?ml)$/.test(f.path) ? '#' : '//';
   const kept: string[] = [];
   let used = 0;

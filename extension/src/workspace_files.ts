@@ -9,7 +9,8 @@ import * as vscode from 'vscode';
 import { fitToBudget, orderByStability } from '../../server/src/context/prompt';
 import type { RepoFile } from '../../server/src/context/repo';
 import type { ContextFile, SetContextParams } from '../../server/src/protocol';
-import { selectRelevant } from './context_select';
+import { cutThreshold, selectRelevant } from './context_select';
+import { piecesOf } from './tree_chunks';
 import { decodeText, excludeGlob, GitignoreSet, MAX_FILE_BYTES, skipByName } from './repo_filter';
 
 /** Files looked at, at most. */
@@ -140,8 +141,12 @@ export async function collectContext(budgetTokens: number): Promise<SetContextPa
   for (const tab of vscode.window.tabGroups.all.flatMap((g) => g.tabs))
     if (tab.input instanceof vscode.TabInputText && tab.input.uri.scheme === 'file') open.push(rel(tab.input.uri));
   // Generous: the server trims to the exact budget with the real tokenizer.
-  const chosen = selectRelevant(files, { open: [...new Set(open)] }, budgetTokens * 1.5, rough);
-  const kept = fitToBudget(orderByStability(chosen), budgetTokens * 1.5, rough);
+  const budget = budgetTokens * 1.5;
+  const pieces = new Map<string, string[]>();
+  if (files.reduce((n, f) => n + rough.count(f.text), 0) > budget)
+    for (const f of files) if (rough.count(f.text) > cutThreshold(budget)) pieces.set(f.path, (await piecesOf(f.path, f.text)).pieces);
+  const chosen = selectRelevant(files, { open: [...new Set(open)] }, budget, rough, pieces);
+  const kept = fitToBudget(orderByStability(chosen), budget, rough);
   const out: ContextFile[] = kept.map((f) => ({ path: f.path, text: f.text, mtimeMs: f.mtimeMs }));
   return { repoName: folder.name, files: out };
 }
