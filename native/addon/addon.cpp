@@ -729,6 +729,25 @@ napi_value create_sampler(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+napi_value cuda_probe(napi_env env, napi_callback_info) {
+  specode_cuda_info info;
+  specode_cuda_probe(&info);
+  napi_value o;
+  napi_create_object(env, &o);
+  napi_value b;
+  napi_get_boolean(env, info.available != 0, &b);
+  napi_set_named_property(env, o, "available", b);
+  set_num(env, o, "deviceCount", (double)info.device_count);
+  set_num(env, o, "driverVersion", (double)info.driver_version);
+  set_num(env, o, "totalBytes", (double)info.total_bytes);
+  napi_value s;
+  napi_create_string_utf8(env, info.name, NAPI_AUTO_LENGTH, &s);
+  napi_set_named_property(env, o, "name", s);
+  napi_create_string_utf8(env, info.reason, NAPI_AUTO_LENGTH, &s);
+  napi_set_named_property(env, o, "reason", s);
+  return o;
+}
+
 napi_value cpu_kernels(napi_env env, napi_callback_info) {
   napi_value v;
   napi_create_string_utf8(env, specode_cpu_kernels(), NAPI_AUTO_LENGTH, &v);
@@ -739,6 +758,7 @@ napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "loadModel", load_model, nullptr);
   set_fn(env, exports, "createSampler", create_sampler, nullptr);
   set_fn(env, exports, "cpuKernels", cpu_kernels, nullptr);
+  set_fn(env, exports, "cudaProbe", cuda_probe, nullptr);
   return exports;
 }
 

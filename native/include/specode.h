@@ -274,6 +274,22 @@ int32_t specode_context_track_attention(specode_context *ctx, int32_t on);
  * (min(n, n_ctx)) or a negative status. Not while a decode runs. */
 int32_t specode_context_attention_mass(const specode_context *ctx, float *out, uint32_t n);
 
+/* ---------------------------------------------------------------- CUDA probe */
+
+/* Whether a CUDA device is present, found at run time (the NVIDIA driver library is
+ * opened with dlopen; nothing CUDA is linked in). The decoder is the CPU one either way
+ * until the CUDA backend is wired in (issue #4); this says what was found and why not. */
+typedef struct specode_cuda_info {
+  int32_t available;      /* 1: a device answered */
+  int32_t device_count;
+  int32_t driver_version; /* e.g. 13000; 0 when unknown */
+  char name[128];         /* device 0 */
+  uint64_t total_bytes;   /* device 0's memory */
+  char reason[256];       /* when not available: why */
+} specode_cuda_info;
+
+int32_t specode_cuda_probe(specode_cuda_info *out);
+
 /* ---------------------------------------------------------------- sampler */
 
 typedef struct specode_sampler specode_sampler;

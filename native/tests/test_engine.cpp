@@ -287,3 +287,16 @@ TEST(threadpool_runs_every_thread) {
     CHECK(mask.load() == 7);
   }
 }
+
+// The CUDA probe answers on any machine: a device, or the reason there is none.
+TEST(cuda_probe_says_what_it_found_or_why_not) {
+  specode_cuda_info info;
+  CHECK(specode_cuda_probe(&info) == SPECODE_OK);
+  if (info.available) {
+    CHECK(info.device_count > 0 && info.name[0] != 0 && info.total_bytes > 0);
+  } else {
+    CHECK(info.device_count == 0 && info.reason[0] != 0);
+  }
+  std::printf("  %s\n", info.available ? info.name : info.reason);
+  CHECK(specode_cuda_probe(nullptr) == SPECODE_ERR_ARGUMENT);
+}

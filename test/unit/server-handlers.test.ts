@@ -355,3 +355,13 @@ test('changing the model settings reopens the engine before the next request', a
   assert.equal(opened(), 2);
   assert.equal(engine.closed, true);
 });
+
+test('backend choice: the CPU decoder, with what the CUDA probe found; specode.backend cuda is refused with the reason', async () => {
+  const { chooseBackend } = await import('../../server/src/lsp/engine');
+  const none = { available: false, deviceCount: 0, driverVersion: 0, name: '', totalBytes: 0, reason: 'no NVIDIA driver (libcuda.so.1 not found)' };
+  assert.equal(chooseBackend('auto', 'avx512', none), 'cpu (avx512) — CUDA: no NVIDIA driver (libcuda.so.1 not found)');
+  assert.equal(chooseBackend('cpu', 'avx2', none), 'cpu (avx2) — CPU requested');
+  const h100 = { available: true, deviceCount: 1, driverVersion: 13000, name: 'NVIDIA H100 80GB HBM3', totalBytes: 80 * 2 ** 30, reason: '' };
+  assert.match(chooseBackend('auto', 'avx512', h100), /H100 80GB HBM3 found \(80 GiB\), but the CUDA decoder is not wired in yet/);
+  assert.throws(() => chooseBackend('cuda', 'avx512', none), (e: Error & { hint?: string }) => /cannot run on CUDA here — CUDA: no NVIDIA driver/.test(e.message) && /'auto'/.test(e.hint ?? ''));
+});

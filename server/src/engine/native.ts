@@ -4,6 +4,15 @@
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
+export interface CudaInfo {
+  available: boolean;
+  deviceCount: number;
+  driverVersion: number;
+  name: string;
+  totalBytes: number;
+  reason: string;
+}
+
 export interface ModelInfo {
   arch: string;
   name: string;
@@ -227,6 +236,8 @@ export interface NativeSampler {
 export interface NativeAddon {
   /** CPU kernel set picked at run time: avx512, avx2 or scalar. */
   cpuKernels(): string;
+  /** Whether a CUDA device is present (the driver is opened at run time), and if not, why. */
+  cudaProbe?(): CudaInfo;
   loadModel(path: string, opts?: { threads?: number }): Promise<NativeModel>;
   createSampler(opts?: SamplerOptions): NativeSampler;
 }

@@ -2,7 +2,8 @@
 // real implementation over engine/session.ts. Tests give the handlers a fake.
 import { basename, join } from 'node:path';
 import { cacheDir } from '../models/registry';
-import { loadAddon, type ContextOptions } from '../engine/native';
+import { UserError } from '../errors';
+import { loadAddon, type ContextOptions, type CudaInfo } from '../engine/native';
 import { Session, type GenerateOptions, type GenerateResult } from '../engine/session';
 import type { ModelSummary, ServerConfig } from '../protocol';
 
@@ -133,8 +134,25 @@ function flattenNumbers(o: Record<string, unknown>, prefix: string, out: Record<
   }
 }
 
+/**
+ * The backend the engine runs and why: the CPU decoder (the CUDA one is not wired in yet,
+ * issue #4), with what the CUDA probe found. `specode.backend: cuda` is refused with the reason.
+ */
+export function chooseBackend(requested: ServerConfig['backend'], cpuKernels: string, cuda: CudaInfo | undefined): string {
+  const found = !cuda
+    ? 'CUDA: not probed (addon without cudaProbe)'
+    : cuda.available
+      ? `CUDA: ${cuda.name || 'a device'} found (${(cuda.totalBytes / 2 ** 30).toFixed(0)} GiB), but the CUDA decoder is not wired in yet`
+      : `CUDA: ${cuda.reason}`;
+  if (requested === 'cuda')
+    throw new UserError(`specode.backend is 'cuda', but the engine cannot run on CUDA here — ${found}.`, "set specode.backend to 'auto' (or 'cpu') to use the CPU decoder");
+  return `cpu (${cpuKernels}) — ${requested === 'cpu' ? 'CPU requested' : found}`;
+}
+
 export const openSessionEngine: EngineFactory = async (modelPath, config) => {
   const threads = Number(process.env.SPECODE_THREADS) || undefined;
+  const probe = loadAddon();
+  const chosen = chooseBackend(config.backend, probe.cpuKernels(), probe.cudaProbe?.());
   const session = await Session.open(modelPath, { ...contextOptions(config), threads });
   const info = session.info;
   const addon = loadAddon();
@@ -151,6 +169,6 @@ export const openSessionEngine: EngineFactory = async (modelPath, config) => {
     headDim: info.headDim,
   };
   const ctxBackend = (session.ctx as unknown as { backend?: unknown }).backend;
-  const backend = typeof ctxBackend === 'string' ? ctxBackend : `cpu (${addon.cpuKernels()})`;
+  const backend = typeof ctxBackend === 'string' ? ctxBackend : chosen;
   return new SessionEngine(session, model, backend);
 };
