@@ -45,9 +45,23 @@ class DeviceModel {
   uint64_t weight_bytes_ = 0;
 };
 
+// Device memory of a model and context, for the status bar and the budget check.
+struct DeviceMemory {
+  uint64_t weights = 0;      // the uploaded weights
+  uint64_t kv = 0;           // the fp16 K/V cache (policy full)
+  uint64_t activations = 0;  // per-step buffers and logits
+  uint64_t free = 0, total = 0;  // the device's, as cudaMemGetInfo says
+};
+
 class DeviceContext {
  public:
-  static int32_t create(const DeviceModel &model, int n_ctx, std::unique_ptr<DeviceContext> *out);
+  // What a context of n_ctx tokens needs (weights from `model`; free/total from the device).
+  static DeviceMemory plan(const DeviceModel &model, int n_ctx);
+  // Allocates a context of n_ctx tokens. When it does not fit the device's free memory or
+  // budget_bytes (0: no budget) — weights included — returns SPECODE_ERR_NOMEM and *err says
+  // how much it needs, how much there is, and the largest n_ctx that would fit.
+  static int32_t create(const DeviceModel &model, int n_ctx, uint64_t budget_bytes, std::unique_ptr<DeviceContext> *out,
+                        std::string *err);
   ~DeviceContext();
   // One token at position n_past(); logits_host (may be null): [n_vocab].
   int32_t decode(int32_t token, float *logits_host);

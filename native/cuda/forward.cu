@@ -10,6 +10,7 @@
 // CPU engine on a tiny model wherever a GPU is present.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -72,6 +73,19 @@ int32_t DeviceModel::upload_weight(const Weight &w, DeviceWeight *out) {
 int32_t DeviceModel::upload(const Model &m, std::unique_ptr<DeviceModel> *out, std::string *err) {
   auto dm = std::unique_ptr<DeviceModel>(new DeviceModel());
   dm->hp = m.hp;
+  {
+    uint64_t bytes = 0;
+    for (const Weight *w : {&m.tok_embd, &m.output_norm, &m.output}) bytes += w->data ? w->row_bytes * (uint64_t)w->rows : 0;
+    for (const LayerWeights &l : m.layers)
+      for (const Weight *w : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+        bytes += w->data ? w->row_bytes * (uint64_t)w->rows : 0;
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess && bytes > free) {
+      *err = "cuda: the weights need " + std::to_string(bytes >> 20) + " MiB; " + std::to_string(free >> 20) +
+             " MiB are free on the device. Use a smaller model or the CPU backend.";
+      return SPECODE_ERR_NOMEM;
+    }
+  }
   auto check = [&](const Weight &w, const char *what) {
     if (w && !matvec_supported((uint32_t)w.type)) {
       *err = std::string("cuda: weight type ") + dtype_name((uint32_t)w.type) + " of " + what + " has no CUDA kernel yet";
@@ -120,7 +134,40 @@ DeviceContext::~DeviceContext() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, std::unique_ptr<DeviceContext> *out) {
+DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx) {
+  const Hparams &hp = model.hp;
+  const uint64_t E = hp.n_embd, Q = (uint64_t)hp.n_head * hp.head_dim, KV = (uint64_t)hp.n_head_kv * hp.head_dim, FF = hp.n_ff;
+  DeviceMemory m;
+  m.weights = model.weight_bytes();
+  m.kv = 2ull * hp.n_layer * KV * (uint64_t)n_ctx * sizeof(__half);
+  m.activations = (3 * E + 2 * Q + 2 * KV + 2 * FF + (uint64_t)hp.n_vocab + 2ull * hp.n_head + hp.head_dim / 2 + 1) * sizeof(float);
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
+    m.free = free;
+    m.total = total;
+  }
+  return m;
+}
+
+int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, uint64_t budget_bytes,
+                              std::unique_ptr<DeviceContext> *out, std::string *err) {
+  const DeviceMemory need = plan(model, n_ctx);
+  const uint64_t ctx_bytes = need.kv + need.activations;
+  // The weights are already on the device: the context needs free memory for itself, and the
+  // budget covers both.
+  const uint64_t room = budget_bytes ? std::min<uint64_t>(need.free, budget_bytes > need.weights ? budget_bytes - need.weights : 0)
+                                     : need.free;
+  if (ctx_bytes > room) {
+    const uint64_t per_token = need.kv / (uint64_t)std::max(1, n_ctx);
+    const uint64_t fit = room > need.activations && per_token ? (room - need.activations) / per_token : 0;
+    const auto mib = [](uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
+    *err = "cuda: a context of " + std::to_string(n_ctx) + " tokens needs " + mib(ctx_bytes) + " (K/V " + mib(need.kv) +
+           ", buffers " + mib(need.activations) + ") beside the weights' " + mib(need.weights) + "; " +
+           (budget_bytes ? "the device budget is " + mib(budget_bytes) + " and " : "") + mib(need.free) +
+           " are free on the device. At most " + std::to_string(fit) + " tokens fit: lower the context size" +
+           (budget_bytes ? " or raise the device budget." : ".");
+    return SPECODE_ERR_NOMEM;
+  }
   auto c = std::unique_ptr<DeviceContext>(new DeviceContext(model, n_ctx));
   const Hparams &hp = model.hp;
   const int E = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim, FF = hp.n_ff;

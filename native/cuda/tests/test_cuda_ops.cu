@@ -370,7 +370,14 @@ void forward_matches_cpu(specode_model *model, const char *name, const std::vect
   }
   std::unique_ptr<specode::cuda::DeviceContext> dc;
   const int n_ctx = (int)prompt.size() + steps + 1;
-  st = specode::cuda::DeviceContext::create(*dm, n_ctx, &dc);
+  st = specode::cuda::DeviceContext::create(*dm, n_ctx, 0, &dc, &err);
+  // A budget below the weights: refused with a message, nothing allocated, no crash.
+  {
+    std::unique_ptr<specode::cuda::DeviceContext> none;
+    std::string why;
+    const int refused = specode::cuda::DeviceContext::create(*dm, n_ctx, dm->weight_bytes() / 2 + 1, &none, &why);
+    report("context_over_budget_is_refused", refused == SPECODE_ERR_NOMEM && !none && why.find("At most") != std::string::npos, why.c_str());
+  }
   specode_context_params cp = specode_context_default_params();
   cp.n_ctx = (uint32_t)n_ctx;
   cp.kv_type = SPECODE_KV_F16;  // as the device cache
