@@ -278,17 +278,26 @@ bool lowbit_debias_default() {
 // > exp(s) (Jensen), so summed over the thousands of rows left in low bit the softmax
 // denominator and the tail's weight come out too large; exp(ŝ - σ²/2) is unbiased for
 // Gaussian e (the sum of head_dim independent uniform errors).
-static void debias_group(const uint16_t *kscale, const float *q, int n_rows, int g, int hd, float *p, int64_t ldp,
-                         float *tmp) {
+// q2t[c * n_rows + r] = q[r][c]² / 24: once per call.
+static void debias_prepare(const float *q, int n_rows, int hd, std::vector<float> &q2t) {
+  q2t.resize((size_t)hd * n_rows);
+  for (int r = 0; r < n_rows; ++r)
+    for (int c = 0; c < hd; ++c) q2t[(size_t)c * n_rows + r] = q[(size_t)r * hd + c] * q[(size_t)r * hd + c] * (1.0f / 24.0f);
+}
+
+// Per row r: shift[r] = Σ_c q2t[c][r] · Δ_c² (the rows are the vector lanes: no reduction
+// order to keep, so the compiler vectorizes it), then the group's scores of row r lose it.
+static void debias_group(const uint16_t *kscale, const float *q2t, int n_rows, int g, int hd, float *p, int64_t ldp,
+                         float *shift) {
+  std::fill(shift, shift + n_rows, 0.0f);
   for (int c = 0; c < hd; ++c) {
-    const float d = f16(kscale[c]);
-    tmp[c] = d * d * (1.0f / 24.0f);
+    const float d = f16(kscale[c]), d2 = d * d;
+    const float *col = q2t + (size_t)c * n_rows;
+    for (int r = 0; r < n_rows; ++r) shift[r] += col[r] * d2;
   }
   for (int r = 0; r < n_rows; ++r) {
-    const float *qr = q + (size_t)r * hd;
-    float v = 0;
-    for (int c = 0; c < hd; ++c) v += qr[c] * qr[c] * tmp[c];
     float *pr = p + (size_t)r * ldp;
+    const float v = shift[r];
     for (int j = 0; j < g; ++j) pr[j] -= v;
   }
 }
@@ -303,13 +312,17 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   scratch.decoded.resize((size_t)g * HD);
   float *dec = scratch.decoded.data();
   const bool debias = cfg.debias;
+  if (debias) {
+    debias_prepare(q, n_rows, HD, scratch.q2t);
+    scratch.shift.resize(n_rows);
+  }
 
   // Scores, key group by key group, from the group decoded once for all rows.
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
     kern.decode_keys(s.key_codes(group, 0), bits, g, HD, &s.kscale_[(size_t)group * HD], &s.kzero_[(size_t)group * HD], dec);
     kern.scores(q, n_rows, dec, g, HD, p + (first - t0), n);
-    if (debias) debias_group(&s.kscale_[(size_t)group * HD], q, n_rows, g, HD, p + (first - t0), n, dec);
+    if (debias) debias_group(&s.kscale_[(size_t)group * HD], scratch.q2t.data(), n_rows, g, HD, p + (first - t0), n, scratch.shift.data());
     if (any_skipped(skip, first, g))
       for (int j = 0; j < g; ++j)
         if (skipped(skip, first + j))

@@ -85,6 +85,7 @@ class LowbitStream {
 // Per-thread work space for lowbit_attend (grows on demand).
 struct LowbitScratch {
   std::vector<float> decoded;  // [group * head_dim]: the current group, decoded (keys [c][j], values [j][c])
+  std::vector<float> q2t, shift;  // debias: q² transposed [head_dim][rows]; a group's shift per row
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the
