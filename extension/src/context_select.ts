@@ -85,15 +85,21 @@ export function cutThreshold(budget: number): number {
   return Math.max(256, Math.floor(budget / 4));
 }
 
-export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, counter: Counter, pieces?: ReadonlyMap<string, string[]>): RepoFile[] {
-  const cost = new Map<RepoFile, number>();
+/** Tokens a file takes in the context (its text, path and separators). */
+export function fileCost(f: RepoFile, counter: Counter): number {
+  return counter.count(f.path) + counter.count(f.text) + 4;
+}
+
+/** The files need choosing and cutting: together they exceed `budget`. */
+export function overBudget(files: readonly RepoFile[], budget: number, counter: Counter): boolean {
   let total = 0;
-  for (const f of files) {
-    const c = counter.count(f.path) + counter.count(f.text) + 4;
-    cost.set(f, c);
-    total += c;
-  }
-  if (total <= budget) return files;
+  for (const f of files) if ((total += fileCost(f, counter)) > budget) return true;
+  return false;
+}
+
+export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, counter: Counter, pieces?: ReadonlyMap<string, string[]>): RepoFile[] {
+  if (!overBudget(files, budget, counter)) return files;
+  const cost = new Map<RepoFile, number>(files.map((f) => [f, fileCost(f, counter)]));
 
   const byPath = new Map(files.map((f) => [f.path, f]));
   const exists = (p: string) => byPath.has(p);
@@ -129,7 +135,7 @@ export function selectRelevant(files: RepoFile[], focus: Focus, budget: number, 
       if (!cut) continue;
       g = cut;
     }
-    const c = g === f ? cost.get(f)! : counter.count(g.path) + counter.count(g.text) + 4;
+    const c = g === f ? cost.get(f)! : fileCost(g, counter);
     if (c > left) continue;
     kept.push(g);
     used += c;

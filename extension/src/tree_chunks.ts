@@ -51,7 +51,7 @@ async function language(ts: TS, grammar: string) {
   return l;
 }
 
-const HEAD_TYPES = new Set(['import_statement', 'import_from_statement', 'future_import_statement', 'comment', 'expression_statement_string', 'hash_bang_line']);
+const HEAD_TYPES = new Set(['import_statement', 'import_from_statement', 'future_import_statement', 'comment', 'hash_bang_line']);
 
 /** Pieces by a tree-sitter parse, or undefined (no grammar for the file, or a parse with errors). */
 export async function parsedPieces(path: string, text: string): Promise<string[] | undefined> {

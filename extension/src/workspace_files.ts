@@ -9,7 +9,7 @@ import * as vscode from 'vscode';
 import { fitToBudget, orderByStability } from '../../server/src/context/prompt';
 import type { RepoFile } from '../../server/src/context/repo';
 import type { ContextFile, SetContextParams } from '../../server/src/protocol';
-import { cutThreshold, selectRelevant } from './context_select';
+import { cutThreshold, fileCost, overBudget, selectRelevant } from './context_select';
 import { piecesOf } from './tree_chunks';
 import { decodeText, excludeGlob, GitignoreSet, MAX_FILE_BYTES, skipByName } from './repo_filter';
 
@@ -143,8 +143,8 @@ export async function collectContext(budgetTokens: number): Promise<SetContextPa
   // Generous: the server trims to the exact budget with the real tokenizer.
   const budget = budgetTokens * 1.5;
   const pieces = new Map<string, string[]>();
-  if (files.reduce((n, f) => n + rough.count(f.text), 0) > budget)
-    for (const f of files) if (rough.count(f.text) > cutThreshold(budget)) pieces.set(f.path, (await piecesOf(f.path, f.text)).pieces);
+  if (overBudget(files, budget, rough))
+    for (const f of files) if (fileCost(f, rough) > cutThreshold(budget)) pieces.set(f.path, (await piecesOf(f.path, f.text)).pieces);
   const chosen = selectRelevant(files, { open: [...new Set(open)] }, budget, rough, pieces);
   const kept = fitToBudget(orderByStability(chosen), budget, rough);
   const out: ContextFile[] = kept.map((f) => ({ path: f.path, text: f.text, mtimeMs: f.mtimeMs }));

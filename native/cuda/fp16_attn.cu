@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda_ops.h"
+#include "reduce.cuh"
 
 namespace specode::cuda {
 
@@ -16,7 +17,6 @@ namespace specode::cuda {
 __global__ void fp16_attend_kernel(Fp16Segments seg, const float *__restrict__ q, int hd, const int *__restrict__ visible,
                                    float *__restrict__ m_out, float *__restrict__ l_out, float *__restrict__ acc) {
   extern __shared__ float sc[];
-  __shared__ float red[32];
   const int r = blockIdx.x;
   const int n0 = seg.n[0], n1 = seg.n[1], n2 = visible ? min(seg.n[2], visible[r]) : seg.n[2];
   const int n_keys = n0 + n1 + n2;
@@ -29,26 +29,16 @@ __global__ void fp16_attend_kernel(Fp16Segments seg, const float *__restrict__ q
     sc[j] = d;
   }
   __syncthreads();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < n_keys; j += blockDim.x) mx = fmaxf(mx, sc[j]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  mx = -INFINITY;
-  for (int w = 0; w < warps; ++w) mx = fmaxf(mx, red[w]);
-  __syncthreads();
+  mx = block_max(mx);
   float sum = 0.0f;
   for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
     const float e = __expf(sc[j] - mx);
     sc[j] = e;
     sum += e;
   }
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) red[warp] = sum;
-  __syncthreads();
-  sum = 0.0f;
-  for (int w = 0; w < warps; ++w) sum += red[w];
+  sum = block_sum(sum);  // (its barrier also makes every sc[j] visible below)
   for (int c = threadIdx.x; c < hd; c += blockDim.x) {
     float a = 0.0f;
     for (int j = 0; j < n_keys; ++j) {

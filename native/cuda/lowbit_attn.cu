@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "cuda_ops.h"
+#include "reduce.cuh"
 
 namespace specode::cuda {
 
@@ -148,35 +149,19 @@ __global__ void lowbit_scores_kernel(const uint8_t *__restrict__ kcodes, const _
 __global__ void softmax_rows_kernel(float *__restrict__ p, int n, int64_t ldp, float *__restrict__ m,
                                     float *__restrict__ l) {
   float *row = p + (size_t)blockIdx.x * ldp;
-  __shared__ float red[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, row[j]);
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  if (warp == 0) {
-    mx = lane < warps ? red[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) red[0] = mx;
-  }
-  __syncthreads();
-  mx = red[0];
-  __syncthreads();
+  mx = block_max(mx);
   float sum = 0.0f;
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
     const float e = mx == -INFINITY || row[j] == -INFINITY ? 0.0f : __expf(row[j] - mx);
     row[j] = e;
     sum += e;
   }
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) red[warp] = sum;
-  __syncthreads();
+  sum = block_sum(sum);
   if (threadIdx.x == 0) {
-    float s = 0.0f;
-    for (int w = 0; w < warps; ++w) s += red[w];
     m[blockIdx.x] = mx;
-    l[blockIdx.x] = s;
+    l[blockIdx.x] = sum;
   }
 }
 

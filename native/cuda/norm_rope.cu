@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cuda_ops.h"
+#include "reduce.cuh"
 
 namespace specode::cuda {
 
@@ -28,19 +29,7 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restr
   float *dst = out + (size_t)blockIdx.x * n;
   float ss = 0.f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
-  // Warp reduce, then across warps through shared memory.
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  __shared__ float partial[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    ss = lane < (int)(blockDim.x + 31) / 32 ? partial[lane] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float scale = rsqrtf(partial[0] / n + eps);
+  const float scale = rsqrtf(block_sum(ss) / n + eps);
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * scale * w[i];
 }
 

@@ -151,7 +151,8 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
     if (!cfg_.kv_disk_dir.empty()) {
       pc.disk_dir = cfg_.kv_disk_dir;
       pc.disk_max_bytes = cfg_.kv_disk_max_bytes;
-      pc.model_id = KvDisk::model_identity(model->file.bytes(), model->file.file_size());
+      std::call_once(model->disk_id_once, [model] { model->disk_id = KvDisk::model_identity(model->file.bytes(), model->file.file_size()); });
+      pc.model_id = model->disk_id;
     }
     kv_ = make_paged_kv_cache(shape, pc);
   }

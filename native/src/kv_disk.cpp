@@ -1,5 +1,6 @@
 #include "kv_disk.h"
 
+#include "kv_pages.h"
 #include "quant.h"
 
 #include <algorithm>
@@ -27,14 +28,6 @@ struct Header {
   uint64_t model_id, hash, parent, payload_bytes, checksum;
 };
 static_assert(sizeof(Header) == 72, "header layout");
-
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // 64-bit words, mixed; the tail bytes one by one.
 uint64_t checksum(uint64_t h, const void *data, size_t n) {

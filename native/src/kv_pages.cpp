@@ -10,15 +10,15 @@ namespace specode {
 
 namespace {
 constexpr uint64_t kRootHash = 0x5ec0de5ec0de0001ull;  // parent of logical page 0
+}  // namespace
 
-uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
+uint64_t mix64(uint64_t x) {
   x ^= x >> 30;
   x *= 0xbf58476d1ce4e5b9ull;
   x ^= x >> 27;
   x *= 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
-}  // namespace
 
 KvPages::KvPages(const KvPagesConfig &cfg) : cfg_(cfg) {
   assert(cfg.n_layer > 0 && cfg.n_head_kv > 0 && cfg.head_dim > 0 && cfg.page_tokens > 0 && cfg.max_pages > 0);

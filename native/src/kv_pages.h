@@ -26,6 +26,9 @@ namespace specode {
 class KvDisk;
 using PageId = int32_t;
 
+// splitmix64's finalizer: the 64-bit mixing step of the page hashes (and the disk tier's).
+uint64_t mix64(uint64_t x);
+
 struct KvPagesConfig {
   int n_layer = 0;
   int n_head_kv = 0;

@@ -60,6 +60,10 @@ struct Model {
   int n_threads = 1;
   std::unique_ptr<ThreadPool> pool;
   std::mutex pool_mutex;  // one forward pass at a time uses the pool
+  // Identity of the weights for the KV disk tier (KvDisk::model_identity), computed by the
+  // first context that uses the tier and kept for the next ones.
+  std::once_flag disk_id_once;
+  uint64_t disk_id = 0;
 };
 
 // Loads path into *out. On failure returns a specode_status and sets *err.

@@ -468,16 +468,13 @@ export function parseAskParams(x: unknown): AskParams {
 }
 
 export function parsePauseParams(x: unknown): PauseParams {
-  const o = object(Pause.method, x);
-  if (typeof o.paused !== 'boolean') throw new ParamsError(Pause.method, `'paused' must be true or false, got ${describe(o.paused)}`);
-  return { paused: o.paused };
+  return { paused: bool(Pause.method, object(Pause.method, x), 'paused') };
 }
 
 export function parseSchedulerStatsParams(x: unknown): SchedulerStatsParams {
   const m = GetSchedulerStats.method;
   const o = x === undefined || x === null ? {} : object(m, x);
-  if (o.resetPeaks !== undefined && typeof o.resetPeaks !== 'boolean') throw new ParamsError(m, `'resetPeaks' must be true or false, got ${describe(o.resetPeaks)}`);
-  return dropUndefined({ resetPeaks: o.resetPeaks as boolean | undefined });
+  return dropUndefined({ resetPeaks: o.resetPeaks === undefined ? undefined : bool(m, o, 'resetPeaks') });
 }
 
 export function parseFetchModelParams(x: unknown): FetchModelParams {

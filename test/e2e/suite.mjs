@@ -45,6 +45,18 @@ async function completeFunction(page, header) {
   return ghost;
 }
 
+/** Opens the Q&A panel; returns its webview frame. */
+async function openPanel(page) {
+  await runCommand(page, 'specode: Ask About the Repository');
+  return webviewFrame(page, '#question');
+}
+
+/** Types a question into the panel and sends it. */
+async function ask(frame, question) {
+  await frame.locator('#question').fill(question);
+  await frame.locator('#ask').click();
+}
+
 /** Presses Tab; returns the lines of the function whose header was typed (header excluded). */
 async function acceptAndRead(page, header) {
   await page.keyboard.press('Tab');
@@ -98,10 +110,8 @@ export const TESTS = [
     name: 'the Q&A panel streams an answer and cites a file that opens on click',
     timeoutMs: 150_000,
     async run({ page, shot, log }) {
-      await runCommand(page, 'specode: Ask About the Repository');
-      const frame = await webviewFrame(page, '#question');
-      await frame.locator('#question').fill('Which port does the ledger reconciler listen on?');
-      await frame.locator('#ask').click();
+      const frame = await openPanel(page);
+      await ask(frame, 'Which port does the ledger reconciler listen on?');
       // Sample the answer while it streams: it must grow in several steps.
       const lengths = new Set();
       const end = Date.now() + 120_000;
@@ -134,11 +144,9 @@ export const TESTS = [
     name: 'Stop ends a streaming answer at once; the panel takes the next question',
     timeoutMs: 150_000,
     async run({ page, shot, log }) {
-      await runCommand(page, 'specode: Ask About the Repository');
-      const frame = await webviewFrame(page, '#question');
+      const frame = await openPanel(page);
       const before = await frame.locator('.answer').count();
-      await frame.locator('#question').fill('Describe every file of this repository in detail, one paragraph each, with examples.');
-      await frame.locator('#ask').click();
+      await ask(frame, 'Describe every file of this repository in detail, one paragraph each, with examples.');
       const answer = frame.locator('.answer').nth(before);
       await waitFor('the answer to start streaming', async () => ((await answer.innerText().catch(() => '')).length > 20 ? true : undefined), 90_000, page);
       await frame.locator('#stop').click();
@@ -153,8 +161,7 @@ export const TESTS = [
       if (later !== stoppedText) throw new Error('the answer kept growing after Stop');
       if (!(await frame.locator('#stop').isDisabled())) throw new Error('Stop is still enabled');
       // The server is free for the next question.
-      await frame.locator('#question').fill('Which port does the ledger reconciler listen on?');
-      await frame.locator('#ask').click();
+      await ask(frame, 'Which port does the ledger reconciler listen on?');
       const next = frame.locator('.answer').nth(before + 1);
       await waitFor('the next answer', async () => ((await frame.locator('.stats').count()) > before + 1 ? true : undefined), 120_000, page);
       const text = await next.innerText();

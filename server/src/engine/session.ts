@@ -154,6 +154,8 @@ export class Session {
       const nVocab = this.info.nVocab;
       let draftTokens = 0;
       let acceptedDrafts = 0;
+      // ids ++ out, where drafts are looked up (kept as tokens are taken, not rebuilt each step).
+      const seq = lookup ? ids.slice() : [];
       /** Takes a generated token; false when generation ends with it (end of generation, a stop, the limit). */
       const take = (tok: number): boolean => {
         if (this.tokenizer.isEog(tok)) {
@@ -161,6 +163,7 @@ export class Session {
           return false;
         }
         out.push(tok);
+        if (lookup) seq.push(tok);
         sampler.accept(tok);
         text += decoder.push(tok);
         const hit = firstStop(text, stops);
@@ -186,7 +189,7 @@ export class Session {
           if (out.length >= maxTokens) break;
           if (tok < 0) tok = sampler.sample(this.ctx);
           if (!take(tok)) break;
-          const draft = lookup ? lookupDraft([...ids, ...out], lookup.ngram ?? 3, Math.min(lookup.maxDraft, maxTokens - out.length)) : [];
+          const draft = lookup ? lookupDraft(seq, lookup.ngram ?? 3, Math.min(lookup.maxDraft, maxTokens - out.length)) : [];
           if (draft.length === 0) {
             await this.ctx.decode(Int32Array.of(tok), { wantLogits: false });
             this.cached.push(tok);

@@ -151,11 +151,10 @@ export function chooseBackend(requested: ServerConfig['backend'], cpuKernels: st
 
 export const openSessionEngine: EngineFactory = async (modelPath, config) => {
   const threads = Number(process.env.SPECODE_THREADS) || undefined;
-  const probe = loadAddon();
-  const chosen = chooseBackend(config.backend, probe.cpuKernels(), probe.cudaProbe?.());
+  const addon = loadAddon();
+  const chosen = chooseBackend(config.backend, addon.cpuKernels(), addon.cudaProbe?.());
   const session = await Session.open(modelPath, { ...contextOptions(config), threads });
   const info = session.info;
-  const addon = loadAddon();
   const model: EngineModel = {
     name: info.name || basename(modelPath),
     path: modelPath,

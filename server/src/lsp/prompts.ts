@@ -87,16 +87,9 @@ export class PromptBuilder {
 
   private encodeHead(head: string): number[] {
     const key = hash(head);
-    let ids = this.heads.get(key);
-    if (!ids) {
-      ids = this.engine.encode(head, true);
-      // Keep the last few heads (completion, index and ask each have their own).
-      if (this.heads.size >= 4) this.heads.delete(this.heads.keys().next().value as string);
-      this.heads.set(key, ids);
-    } else {
-      this.heads.delete(key);
-      this.heads.set(key, ids);
-    }
+    const ids = this.heads.get(key) ?? this.engine.encode(head, true);
+    // Keep the last few heads (completion, index and ask each have their own).
+    remember(this.heads, key, ids, 4);
     return ids;
   }
 
@@ -141,9 +134,7 @@ export class PromptBuilder {
       const at = pre.lastIndexOf('\n') + 1;
       split = { head: pre.slice(0, at), middle: pre.slice(at), trimmed: pre.length < prefix.length };
     }
-    this.anchors.delete(path);
-    this.anchors.set(path, { head: split.head, trimmed: split.trimmed });
-    if (this.anchors.size > MAX_ANCHORS) this.anchors.delete(this.anchors.keys().next().value as string);
+    remember(this.anchors, path, { head: split.head, trimmed: split.trimmed }, MAX_ANCHORS);
     const budget = nCtx - reserve;
     const fit = this.fit(files, budget, path);
     const input = { repoName: repoName || 'repo', files: fit.files, path, prefix: split.head, suffix: suf, middle: split.middle };
@@ -229,6 +220,13 @@ export class PromptBuilder {
     const tail = this.engine.encode(whole.slice(at), false);
     return { ids: head.concat(tail), headTokens: head.length, files: fit.files, filesDropped: fit.dropped };
   }
+}
+
+/** Sets key (now the most recently used) and drops the least recently used beyond `cap`. */
+function remember<V>(map: Map<string, V>, key: string, value: V, cap: number): void {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > cap) map.delete(map.keys().next().value as string);
 }
 
 function hash(text: string): string {
