@@ -29,6 +29,17 @@ struct Fp16Segments {
 };
 int32_t fp16_attend(const Fp16Segments &seg, const float *q, int n_rows, int hd, const int *visible, float *m, float *l,
                     float *acc, cudaStream_t stream);
+// Causal attention over a K/V cache in fp16: row j of KV head h at k + h·head_stride + j·hd.
+// q: [n_q][n_head][hd] fp32, scaled by 1/sqrt(hd); query i sits at position pos0 + i and sees
+// keys [0, min(n_keys, pos0 + i + 1)). out: [n_q][n_head][hd]. Keys are split across blocks
+// (flash-decoding) when there are few query rows; work: flash_work_floats(...) floats.
+struct KvView {
+  const __half *k, *v;
+  int64_t head_stride;
+};
+size_t flash_work_floats(int n_q, int n_head, int hd, int n_keys);
+int32_t flash_attend(KvView kv, int n_head, int n_head_kv, int hd, const float *q, int n_q, int pos0, int n_keys,
+                     float *out, float *work, size_t work_floats, cudaStream_t stream);
 // (m_a, l_a, acc_a) ← the softmax over pieces a and b, row by row (src/lowbit.cpp softmax_merge).
 int32_t softmax_merge(float *m_a, float *l_a, float *acc_a, const float *m_b, const float *l_b, const float *acc_b,
                       int n_rows, int hd, cudaStream_t stream);
@@ -52,7 +63,13 @@ int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int
 int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half *kzero, const uint8_t *vcodes,
                       const __half *vscale, const __half *vzero, int g, int hd, int bits, int t0, int t1,
                       const float *q, int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l,
-                      float *acc, cudaStream_t stream);
+                      float *acc, cudaStream_t stream, float *work = nullptr, size_t work_floats = 0);
+// Raw scores (debiased when asked) of tokens [t0, t1) (whole groups) for n_rows query rows:
+// p[r][ldp], column j = token t0 + j (lowbit_attend's first stage, no skip, no softmax).
+int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half *kzero, int g, int hd, int bits, int t0,
+                      int t1, const float *q, int n_rows, bool debias, float *p, int64_t ldp, cudaStream_t stream);
+// Work that lets lowbit_attend split the value pass over positions (many blocks a row).
+size_t lowbit_work_floats(int n_rows, int hd, int n_tokens);
 // The k largest of score[0..n) in ascending position order (ties: lower position), k <= 1024.
 // Scratch: cand_pos, cand_val [ceil(n / 4096) · k]. out [k]; *count (device) how many.
 int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, int *out, int *count,

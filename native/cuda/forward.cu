@@ -1,13 +1,15 @@
-// forward.cu — the model's decode step on the device (issue #4), policy `full`:
-// weights uploaded as they are in the GGUF (quantized blocks, dequantized inside
-// the products), the K/V cache in fp16 in VRAM, one token per step. The same
-// operations in the same order as the CPU's forward pass (src/context.cpp):
-// embedding row, per layer RMSNorm → q/k/v (+ bias) → RoPE → cache → attention
-// (GQA) → o-proj → residual → RMSNorm → gate/up → SwiGLU → down → residual; final
-// RMSNorm and the output product. Activations stay fp32 (the CPU quantizes them to
-// Q8 for quantized weights, so logits agree to that rounding, exactly for F32
-// weights). Not wired into the engine yet; specode_cuda_tests compares it with the
-// CPU engine on a tiny model wherever a GPU is present.
+// forward.cu — the model on the device (issue #4): weights uploaded as they are in
+// the GGUF (quantized blocks, dequantized inside the products), prefill in batches
+// with exact causal attention, and decode passes of one or two tokens (real +
+// speculative) under the policies of cuda_forward.h. The same operations in the
+// same order as the CPU's forward pass (src/context.cpp): embedding row, per layer
+// RMSNorm → q/k/v (+ bias) → RoPE → K/V store → attention (GQA) → o-proj → residual
+// → RMSNorm → gate/up → SwiGLU → down → residual; final RMSNorm and the output
+// product. Activations stay fp32 (the CPU quantizes them to Q8 for quantized
+// weights, so logits agree to that rounding, exactly for F32 weights). specache's
+// attention, top-k choice and fetch: forward_specache.cu. Not wired into the
+// server yet; specode_cuda_tests compares it with the CPU engine wherever a GPU is
+// present, and specode_cuda_bench measures it.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -16,39 +18,41 @@
 
 #include "cuda_forward.h"
 #include "dequant.cuh"
+#include "lowbit.h"
 
 namespace specode::cuda {
 
 namespace {
 
-// out[e] = row `token` of W, dequantized: one thread per element.
-__global__ void embed_kernel(int type, const uint8_t *__restrict__ w, size_t row_bytes, int token, int n,
-                             float *__restrict__ out) {
+// out[t][e] = row tok[t] of W, dequantized: one thread per element, grid.y = token.
+__global__ void embed_kernel(int type, const uint8_t *__restrict__ w, size_t row_bytes, const int *__restrict__ tok,
+                             int n, float *__restrict__ out) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= n) return;
   const int be = block_elems(type), bb = block_bytes(type);
-  const uint8_t *row = w + (size_t)token * row_bytes;
-  out[e] = be == 1 ? deq(type, row, e) : deq(type, row + (size_t)(e / be) * bb, e % be);
+  const uint8_t *row = w + (size_t)tok[blockIdx.y] * row_bytes;
+  out[(size_t)blockIdx.y * n + e] = be == 1 ? deq(type, row, e) : deq(type, row + (size_t)(e / be) * bb, e % be);
 }
 
-// x[i] += y[i] (y may be a bias of the same length).
-__global__ void add_kernel(float *__restrict__ x, const float *__restrict__ y, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) x[i] += y[i];
+// x[i] += y[i % len] (y a bias of one row, or a whole [rows][len] array with len = n).
+__global__ void add_kernel(float *__restrict__ x, const float *__restrict__ y, size_t n, int len) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i % len];
 }
 
-__global__ void scale_kernel(float *__restrict__ x, float s, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+__global__ void scale_kernel(float *__restrict__ x, float s, size_t n) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] *= s;
 }
 
-// cache[h][pos][c] = half(x[h * hd + c]) for every KV head h.
-__global__ void store_kv_kernel(const float *__restrict__ x, __half *__restrict__ cache, int n_kv, int n_ctx, int hd,
-                                const int *__restrict__ pos) {
+// dst[h][pos0 + t][c] = half(x[t][h·hd + c]) for tokens t < n and every KV head h; dst's KV
+// heads are head_stride elements apart (rows of n_ctx tokens).
+__global__ void store_rows_kernel(const float *__restrict__ x, __half *__restrict__ dst, int n_kv, int hd,
+                                  int64_t head_stride, int pos0, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n_kv * hd) return;
-  const int h = i / hd, c = i % hd;
-  cache[((size_t)h * n_ctx + *pos) * hd + c] = __float2half_rn(x[i]);
+  if (i >= n * n_kv * hd) return;
+  const int t = i / (n_kv * hd), h = (i / hd) % n_kv, c = i % hd;
+  dst[(size_t)h * head_stride + (size_t)(pos0 + t) * hd + c] = __float2half_rn(x[i]);
 }
 
 }  // namespace
@@ -129,18 +133,71 @@ int32_t DeviceModel::upload(const Model &m, std::unique_ptr<DeviceModel> *out, s
   return SPECODE_OK;
 }
 
+
+// ---------------------------------------------------------------- the context
+
+namespace {
+const auto mib = [](uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
+unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
+}  // namespace
+
 DeviceContext::~DeviceContext() {
+  if (copy_) cudaStreamSynchronize(copy_);
+  if (stream_) cudaStreamSynchronize(stream_);
   for (void *p : allocs_) cudaFree(p);
+  if (kdev_ && cfg_.policy != DevicePolicy::Full) {
+    cudaFree(kdev_);
+    cudaFree(vdev_);
+  }
+  if (khost_) cudaFreeHost(khost_);
+  if (vhost_) cudaFreeHost(vhost_);
+  for (auto *evs : {&ev_attn_, &ev_fetch_, &ev_wait0_, &ev_wait1_})
+    for (cudaEvent_t e : *evs) cudaEventDestroy(e);
+  if (ev_start_) cudaEventDestroy(ev_start_);
+  if (ev_end_) cudaEventDestroy(ev_end_);
   if (stream_) cudaStreamDestroy(stream_);
+  if (copy_) cudaStreamDestroy(copy_);
 }
 
-DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx) {
+DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx, const DeviceKvConfig &cfg) {
   const Hparams &hp = model.hp;
-  const uint64_t E = hp.n_embd, Q = (uint64_t)hp.n_head * hp.head_dim, KV = (uint64_t)hp.n_head_kv * hp.head_dim, FF = hp.n_ff;
+  const uint64_t E = hp.n_embd, NH = hp.n_head, NKV = hp.n_head_kv, HD = hp.head_dim, Q = NH * HD, KV = NKV * HD;
+  const uint64_t FF = hp.n_ff, L = hp.n_layer, B = kPrefillBatch, G = NH / NKV, n = (uint64_t)n_ctx;
+  const uint64_t rows_kv = 2ull * L * KV * n * sizeof(__half);  // every K/V row in fp16
   DeviceMemory m;
   m.weights = model.weight_bytes();
-  m.kv = 2ull * hp.n_layer * KV * (uint64_t)n_ctx * sizeof(__half);
-  m.activations = (3 * E + 2 * Q + 2 * KV + 2 * FF + (uint64_t)hp.n_vocab + 2ull * hp.n_head + hp.head_dim / 2 + 1) * sizeof(float);
+  size_t work = std::max(flash_work_floats((int)B, (int)NH, (int)HD, n_ctx), flash_work_floats(kMaxStepTokens, (int)NH, (int)HD, n_ctx));
+  m.activations = (B * (3 * E + 2 * Q + 2 * KV + 2 * FF) + 2ull * hp.n_vocab + HD / 2) * sizeof(float) + 2 * B * sizeof(int);
+  switch (cfg.policy) {
+    case DevicePolicy::Full:
+      m.kv = rows_kv;
+      break;
+    case DevicePolicy::OffloadAll:
+      m.host_pinned = rows_kv;
+      m.buffers = rows_kv / L;  // one layer staged
+      m.prefill = rows_kv;
+      break;
+    case DevicePolicy::Specache: {
+      const int R = cfg.residual, K = cfg.topk, keep = std::max(1, K) * std::max(1, cfg.rerank);
+      const uint64_t rows_sel = (uint64_t)kMaxStepTokens * G;
+      m.host_pinned = rows_kv;
+      m.prefill = rows_kv;
+      m.kv_lowbit = L * NKV * LowbitStream::bytes_for(LowbitConfig{(int)HD, cfg.bits, cfg.group, cfg.debias}, n / cfg.group * cfg.group);
+      m.kv_residual = 2ull * L * NKV * R * HD * sizeof(__half);
+      m.kv = m.kv_lowbit + m.kv_residual;
+      const uint64_t words = (n + 63) / 64;
+      m.buffers = 2ull * L * NKV * K * HD * sizeof(__half) + L * NKV * (K * sizeof(int) + words * 8) +
+                  2ull * NKV * kMaxStepTokens * HD * sizeof(__half);
+      // Attention pieces and the selection's space (copy stream).
+      const uint64_t chunks = (n + 4095) / 4096;
+      work = std::max(work, lowbit_work_floats((int)rows_sel, (int)HD, n_ctx));
+      m.activations += (NKV * rows_sel * HD * 3 + NKV * rows_sel * 4 + rows_sel * n + L * NKV * G * (HD + 2) + G * n + n +
+                        (uint64_t)keep + chunks * keep + 2ull * std::max<uint64_t>(4096, R) * HD) * sizeof(float) +
+                       (rows_sel + chunks * keep + 2ull * keep + 2) * sizeof(int);
+      break;
+    }
+  }
+  m.activations += work * sizeof(float);
   size_t free = 0, total = 0;
   if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
     m.free = free;
@@ -149,114 +206,265 @@ DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx) {
   return m;
 }
 
-int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, uint64_t budget_bytes,
+int32_t DeviceContext::alloc(size_t bytes, void **p) {
+  CUDA_CHECK(cudaMalloc(p, bytes ? bytes : 16));
+  allocs_.push_back(*p);
+  return SPECODE_OK;
+}
+
+int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceKvConfig &cfg, uint64_t budget_bytes,
                               std::unique_ptr<DeviceContext> *out, std::string *err) {
-  const DeviceMemory need = plan(model, n_ctx);
-  const uint64_t ctx_bytes = need.kv + need.activations;
+  const Hparams &hp = model.hp;
+  if (cfg.policy == DevicePolicy::Specache &&
+      (cfg.bits < 1 || cfg.bits > 2 || cfg.group <= 0 || cfg.group % 8 || cfg.residual % cfg.group || cfg.residual <= 0 ||
+       cfg.topk < 0 || std::max(1, cfg.topk) * std::max(1, cfg.rerank) > 1024 || hp.head_dim > 1024)) {
+    *err = "cuda: specache needs bits 1 or 2, a group that is a multiple of 8, a residual that is a multiple of the group, "
+           "and topk × rerank ≤ 1024";
+    return SPECODE_ERR_ARGUMENT;
+  }
+  const DeviceMemory need = plan(model, n_ctx, cfg);
+  const uint64_t ctx_bytes = need.kv + need.buffers + need.activations;
   // The weights are already on the device: the context needs free memory for itself, and the
   // budget covers both.
   const uint64_t room = budget_bytes ? std::min<uint64_t>(need.free, budget_bytes > need.weights ? budget_bytes - need.weights : 0)
                                      : need.free;
   if (ctx_bytes > room) {
-    const uint64_t per_token = need.kv / (uint64_t)std::max(1, n_ctx);
+    const uint64_t per_token = (need.kv + need.buffers) / (uint64_t)std::max(1, n_ctx);
     const uint64_t fit = room > need.activations && per_token ? (room - need.activations) / per_token : 0;
-    const auto mib = [](uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
     *err = "cuda: a context of " + std::to_string(n_ctx) + " tokens needs " + mib(ctx_bytes) + " (K/V " + mib(need.kv) +
-           ", buffers " + mib(need.activations) + ") beside the weights' " + mib(need.weights) + "; " +
+           ", buffers " + mib(need.buffers + need.activations) + ") beside the weights' " + mib(need.weights) + "; " +
            (budget_bytes ? "the device budget is " + mib(budget_bytes) + " and " : "") + mib(need.free) +
            " are free on the device. At most " + std::to_string(fit) + " tokens fit: lower the context size" +
            (budget_bytes ? " or raise the device budget." : ".");
     return SPECODE_ERR_NOMEM;
   }
-  auto c = std::unique_ptr<DeviceContext>(new DeviceContext(model, n_ctx));
-  const Hparams &hp = model.hp;
-  const int E = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_head_kv * hp.head_dim, FF = hp.n_ff;
+  auto c = std::unique_ptr<DeviceContext>(new DeviceContext(model, n_ctx, cfg));
+  c->mem_ = need;
+  const int E = hp.n_embd, NH = hp.n_head, NKV = hp.n_head_kv, HD = hp.head_dim, G = NH / NKV;
+  const int Q = NH * HD, KV = NKV * HD, FF = hp.n_ff, L = hp.n_layer, B = kPrefillBatch;
   CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking));
-  auto alloc = [&](size_t bytes, void **p) -> int32_t {
-    CUDA_CHECK(cudaMalloc(p, bytes));
-    c->allocs_.push_back(*p);
-    c->bytes_ += bytes;
-    return SPECODE_OK;
-  };
+  CUDA_CHECK(cudaStreamCreateWithFlags(&c->copy_, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreate(&c->ev_start_));
+  CUDA_CHECK(cudaEventCreate(&c->ev_end_));
   int32_t st = SPECODE_OK;
   const size_t f = sizeof(float);
   for (auto [ptr, bytes] : std::initializer_list<std::pair<void **, size_t>>{
-           {(void **)&c->x_, E * f}, {(void **)&c->xn_, E * f}, {(void **)&c->q_, Q * f}, {(void **)&c->k_, KV * f},
-           {(void **)&c->v_, KV * f}, {(void **)&c->att_, Q * f}, {(void **)&c->proj_, E * f},
-           {(void **)&c->gate_, FF * f}, {(void **)&c->up_, FF * f}, {(void **)&c->logits_, (size_t)hp.n_vocab * f},
-           {(void **)&c->m_, hp.n_head * f}, {(void **)&c->l_, hp.n_head * f},
-           {(void **)&c->inv_freq_, hp.head_dim / 2 * f}, {(void **)&c->pos_, sizeof(int)},
-           {(void **)&c->kcache_, (size_t)hp.n_layer * KV * n_ctx * sizeof(__half)},
-           {(void **)&c->vcache_, (size_t)hp.n_layer * KV * n_ctx * sizeof(__half)}})
-    if (st == SPECODE_OK) st = alloc(bytes, ptr);
+           {(void **)&c->x_, (size_t)B * E * f}, {(void **)&c->xn_, (size_t)B * E * f}, {(void **)&c->q_, (size_t)B * Q * f},
+           {(void **)&c->k_, (size_t)B * KV * f}, {(void **)&c->v_, (size_t)B * KV * f}, {(void **)&c->att_, (size_t)B * Q * f},
+           {(void **)&c->proj_, (size_t)B * E * f}, {(void **)&c->gate_, (size_t)B * FF * f}, {(void **)&c->up_, (size_t)B * FF * f},
+           {(void **)&c->logits_, (size_t)kMaxStepTokens * hp.n_vocab * f}, {(void **)&c->inv_freq_, (size_t)HD / 2 * f},
+           {(void **)&c->pos_, (size_t)B * sizeof(int)}, {(void **)&c->tok_, (size_t)B * sizeof(int)}})
+    if (st == SPECODE_OK) st = c->alloc(bytes, ptr);
+  c->work_floats_ = std::max(flash_work_floats(B, NH, HD, n_ctx), flash_work_floats(kMaxStepTokens, NH, HD, n_ctx));
+  if (cfg.policy == DevicePolicy::Specache)
+    c->work_floats_ = std::max(c->work_floats_, lowbit_work_floats(kMaxStepTokens * G, HD, n_ctx));
+  if (st == SPECODE_OK) st = c->alloc(c->work_floats_ * f, (void **)&c->work_);
   if (st != SPECODE_OK) return st;
-  std::vector<float> inv(hp.head_dim / 2);
-  for (int i = 0; i < hp.head_dim / 2; ++i) inv[i] = (float)(1.0 / std::pow((double)hp.rope_base, 2.0 * i / hp.head_dim));
+  const size_t rows_bytes = (size_t)L * KV * n_ctx * sizeof(__half);
+  if (cfg.policy == DevicePolicy::Full) {
+    if ((st = c->alloc(rows_bytes, (void **)&c->kdev_)) != SPECODE_OK || (st = c->alloc(rows_bytes, (void **)&c->vdev_)) != SPECODE_OK)
+      return st;
+  } else {
+    // The source of truth in pinned host RAM, mapped so kernels can read rows over the bus.
+    CUDA_CHECK(cudaHostAlloc((void **)&c->khost_, rows_bytes, cudaHostAllocMapped));
+    CUDA_CHECK(cudaHostAlloc((void **)&c->vhost_, rows_bytes, cudaHostAllocMapped));
+    CUDA_CHECK(cudaHostGetDevicePointer((void **)&c->khost_d_, c->khost_, 0));
+    CUDA_CHECK(cudaHostGetDevicePointer((void **)&c->vhost_d_, c->vhost_, 0));
+  }
+  if (cfg.policy == DevicePolicy::OffloadAll) {
+    const size_t layer_bytes = (size_t)KV * n_ctx * sizeof(__half);
+    if ((st = c->alloc(layer_bytes, (void **)&c->kstage_)) != SPECODE_OK || (st = c->alloc(layer_bytes, (void **)&c->vstage_)) != SPECODE_OK)
+      return st;
+  }
+  if (cfg.policy == DevicePolicy::Specache && (st = c->init_specache()) != SPECODE_OK) return st;
+  std::vector<float> inv(HD / 2);
+  for (int i = 0; i < HD / 2; ++i) inv[i] = (float)(1.0 / std::pow((double)hp.rope_base, 2.0 * i / HD));
   CUDA_CHECK(cudaMemcpy(c->inv_freq_, inv.data(), inv.size() * f, cudaMemcpyHostToDevice));
   *out = std::move(c);
   return SPECODE_OK;
 }
 
-int32_t DeviceContext::decode(int32_t token, float *logits_host) {
+int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host) {
+  const Hparams &hp = model_.hp;
+  if (n <= 0 || n_past_ + n > n_ctx_) return SPECODE_ERR_ARGUMENT;
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) return SPECODE_ERR_ARGUMENT;
+  CUDA_CHECK(cudaStreamSynchronize(copy_));
+  const bool host = cfg_.policy != DevicePolicy::Full;
+  const int L = hp.n_layer, KV = hp.n_head_kv * hp.head_dim;
+  const size_t rows_bytes = (size_t)L * KV * n_ctx_ * sizeof(__half);
+  if (host) {
+    // The pass attends exactly over fp16 rows in VRAM: a transient copy of every row
+    // (the earlier ones copied up from the host), freed when the pass ends.
+    if (cudaMalloc((void **)&kdev_, rows_bytes) != cudaSuccess || cudaMalloc((void **)&vdev_, rows_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      if (kdev_) cudaFree(kdev_);
+      kdev_ = vdev_ = nullptr;
+      set_error(__FILE__, __LINE__, ("a prefill needs " + mib(2 * rows_bytes) + " of VRAM for its K/V rows").c_str(),
+                cudaErrorMemoryAllocation);
+      return SPECODE_ERR_NOMEM;
+    }
+    if (n_past_ > 0) {
+      const size_t row = (size_t)hp.head_dim * sizeof(__half);
+      CUDA_CHECK(cudaMemcpy2DAsync(kdev_, (size_t)n_ctx_ * row, khost_, (size_t)n_ctx_ * row, (size_t)n_past_ * row,
+                                   (size_t)L * hp.n_head_kv, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpy2DAsync(vdev_, (size_t)n_ctx_ * row, vhost_, (size_t)n_ctx_ * row, (size_t)n_past_ * row,
+                                   (size_t)L * hp.n_head_kv, cudaMemcpyHostToDevice, stream_));
+    }
+  }
+  int32_t st = SPECODE_OK;
+  for (int b0 = 0; b0 < n && st == SPECODE_OK; b0 += kPrefillBatch) {
+    const int nb = std::min(kPrefillBatch, n - b0);
+    std::vector<int> pos(nb);
+    for (int i = 0; i < nb; ++i) pos[i] = n_past_ + i;
+    CUDA_CHECK(cudaMemcpyAsync(tok_, tokens + b0, nb * sizeof(int), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(pos_, pos.data(), nb * sizeof(int), cudaMemcpyHostToDevice, stream_));
+    st = run_layers(nb, n_past_, nb, -1, true);
+    if (st == SPECODE_OK && b0 + nb == n) st = output(nb - 1, 1, logits_host);
+    if (st == SPECODE_OK) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));  // pos is reused by the next batch
+      n_past_ += nb;
+    }
+  }
+  if (st == SPECODE_OK && cfg_.policy == DevicePolicy::Specache) st = rebuild_lowbit();
+  if (host) {
+    cudaStreamSynchronize(stream_);
+    cudaFree(kdev_);
+    cudaFree(vdev_);
+    kdev_ = vdev_ = nullptr;
+  }
+  return st;
+}
+
+int32_t DeviceContext::output(int row0, int n, float *logits_host) {
+  const Hparams &hp = model_.hp;
+  const DeviceWeight &w = model_.output;
+  int32_t st = rmsnorm(x_ + (size_t)row0 * hp.n_embd, (const float *)model_.output_norm.data, xn_, n, hp.n_embd, hp.rms_eps, stream_);
+  if (st == SPECODE_OK) st = matvec(w.type, w.data, w.rows, w.cols, xn_, n, logits_, w.rows, stream_);
+  if (st == SPECODE_OK && logits_host)
+    CUDA_CHECK(cudaMemcpyAsync(logits_host, logits_, (size_t)n * hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  return st;
+}
+
+int32_t DeviceContext::step(const int32_t *tokens, int n, int n_keep, int select_row, float *logits_host) {
+  const Hparams &hp = model_.hp;
+  if (n < 1 || n > kMaxStepTokens || n_past_ + n > n_ctx_ || select_row >= n || n_keep < 0 || n_keep > 1)
+    return SPECODE_ERR_ARGUMENT;
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) return SPECODE_ERR_ARGUMENT;
+  const int pos[kMaxStepTokens] = {n_past_, n_past_ + 1};
+  step_fetch_bytes_ = 0;
+  CUDA_CHECK(cudaEventRecord(ev_start_, stream_));
+  CUDA_CHECK(cudaMemcpyAsync(tok_, tokens, n * sizeof(int), cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaMemcpyAsync(pos_, pos, n * sizeof(int), cudaMemcpyHostToDevice, stream_));
+  std::vector<bool> waited;
+  int32_t st = run_layers(n, n_past_, n_keep, select_row, false, &waited);
+  if (st == SPECODE_OK) st = output(0, n, logits_host);
+  if (st != SPECODE_OK) return st;
+  CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  stats_ = DeviceStepStats{};
+  CUDA_CHECK(cudaEventElapsedTime(&stats_.step_ms, ev_start_, ev_end_));
+  for (size_t l = 0; l < waited.size(); ++l)
+    if (waited[l]) {
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, ev_wait0_[l], ev_wait1_[l]));
+      stats_.stall_ms += ms;
+    }
+  stats_.fetched_bytes = step_fetch_bytes_;
+  if (n_keep == 1) {
+    if (cfg_.policy == DevicePolicy::Specache) kept_one();
+    ++n_past_;
+  }
+  return SPECODE_OK;
+}
+
+// Every layer for n rows at positions pos0… (pos_ and tok_ on the device already); the first
+// n_keep rows are kept. Attention: exact over VRAM rows for a prefill and for full, over the
+// staged rows for offload-all, the split softmax for specache.
+int32_t DeviceContext::run_layers(int n, int pos0, int n_keep, int select_row, bool prefill, std::vector<bool> *waited) {
   const DeviceModel &m = model_;
   const Hparams &hp = m.hp;
-  const int E = hp.n_embd, HD = hp.head_dim, NH = hp.n_head, NKV = hp.n_head_kv, G = NH / NKV;
+  const int E = hp.n_embd, HD = hp.head_dim, NH = hp.n_head, NKV = hp.n_head_kv;
   const int Q = NH * HD, KV = NKV * HD, FF = hp.n_ff;
-  if (n_past_ >= n_ctx_) return SPECODE_ERR_ARGUMENT;
-  if (token < 0 || token >= hp.n_vocab) return SPECODE_ERR_ARGUMENT;
+  const int64_t head_stride = (int64_t)n_ctx_ * HD;
   cudaStream_t s = stream_;
-  const int pos = n_past_;
-  CUDA_CHECK(cudaMemcpyAsync(pos_, &pos, sizeof(int), cudaMemcpyHostToDevice, s));
-  const auto blocks = [](int n) { return (unsigned)((n + 255) / 256); };
-  embed_kernel<<<blocks(E), 256, 0, s>>>((int)m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, token, E, x_);
+  embed_kernel<<<dim3(blocks_for(E), n), 256, 0, s>>>((int)m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, tok_, E, x_);
   CUDA_CHECK_LAUNCH();
+  if (waited) waited->assign(hp.n_layer, false);
   int32_t st;
 #define RUN(call)                     \
   if ((st = (call)) != SPECODE_OK) {  \
     return st;                        \
   }
-  auto mv = [&](const DeviceWeight &w, const float *in, float *o) { return matvec(w.type, w.data, w.rows, w.cols, in, 1, o, w.rows, s); };
+  auto mv = [&](const DeviceWeight &w, const float *in, float *o) { return matvec(w.type, w.data, w.rows, w.cols, in, n, o, w.rows, s); };
+  auto add = [&](float *x, const float *y, size_t count, int len) {
+    add_kernel<<<blocks_for(count), 256, 0, s>>>(x, y, count, len);
+    return SPECODE_OK;
+  };
   for (int l = 0; l < hp.n_layer; ++l) {
     const DeviceLayer &w = m.layers[l];
-    RUN(rmsnorm(x_, (const float *)w.attn_norm.data, xn_, 1, E, hp.rms_eps, s));
+    RUN(rmsnorm(x_, (const float *)w.attn_norm.data, xn_, n, E, hp.rms_eps, s));
     RUN(mv(w.wq, xn_, q_));
     RUN(mv(w.wk, xn_, k_));
     RUN(mv(w.wv, xn_, v_));
-    if (w.bq.data) add_kernel<<<blocks(Q), 256, 0, s>>>(q_, (const float *)w.bq.data, Q);
-    if (w.bk.data) add_kernel<<<blocks(KV), 256, 0, s>>>(k_, (const float *)w.bk.data, KV);
-    if (w.bv.data) add_kernel<<<blocks(KV), 256, 0, s>>>(v_, (const float *)w.bv.data, KV);
+    if (w.bq.data) add(q_, (const float *)w.bq.data, (size_t)n * Q, Q);
+    if (w.bk.data) add(k_, (const float *)w.bk.data, (size_t)n * KV, KV);
+    if (w.bv.data) add(v_, (const float *)w.bv.data, (size_t)n * KV, KV);
     CUDA_CHECK_LAUNCH();
-    RUN(rope(q_, pos_, inv_freq_, 1, NH, HD, hp.rope_neox, s));
-    RUN(rope(k_, pos_, inv_freq_, 1, NKV, HD, hp.rope_neox, s));
-    __half *kc = kcache_ + (size_t)l * KV * n_ctx_, *vc = vcache_ + (size_t)l * KV * n_ctx_;
-    store_kv_kernel<<<blocks(KV), 256, 0, s>>>(k_, kc, NKV, n_ctx_, HD, pos_);
-    store_kv_kernel<<<blocks(KV), 256, 0, s>>>(v_, vc, NKV, n_ctx_, HD, pos_);
-    scale_kernel<<<blocks(Q), 256, 0, s>>>(q_, 1.0f / std::sqrt((float)HD), Q);
+    RUN(rope(q_, pos_, inv_freq_, n, NH, HD, hp.rope_neox, s));
+    RUN(rope(k_, pos_, inv_freq_, n, NKV, HD, hp.rope_neox, s));
+    scale_kernel<<<blocks_for((size_t)n * Q), 256, 0, s>>>(q_, 1.0f / std::sqrt((float)HD), (size_t)n * Q);
     CUDA_CHECK_LAUNCH();
-    for (int h = 0; h < NKV; ++h) {
-      Fp16Segments seg{};
-      seg.k[0] = kc + (size_t)h * n_ctx_ * HD;
-      seg.v[0] = vc + (size_t)h * n_ctx_ * HD;
-      seg.n[0] = pos + 1;
-      RUN(fp16_attend(seg, q_ + (size_t)h * G * HD, G, HD, nullptr, m_ + h * G, l_ + h * G, att_ + (size_t)h * G * HD, s));
+    const size_t layer_off = (size_t)l * NKV * head_stride;
+    auto store = [&](__half *dst, const float *src, int count) {
+      store_rows_kernel<<<blocks_for((size_t)count * KV), 256, 0, s>>>(src, dst, NKV, HD, head_stride, pos0, count);
+    };
+    if (prefill || cfg_.policy == DevicePolicy::Full) {
+      // Every row of the pass into the VRAM rows (a speculative row is overwritten later);
+      // the host policies also keep the pass's rows in the host's.
+      store(kdev_ + layer_off, k_, n);
+      store(vdev_ + layer_off, v_, n);
+      if (cfg_.policy != DevicePolicy::Full) {
+        store(khost_d_ + layer_off, k_, n_keep);
+        store(vhost_d_ + layer_off, v_, n_keep);
+      }
+      CUDA_CHECK_LAUNCH();
+      RUN(flash_attend(KvView{kdev_ + layer_off, vdev_ + layer_off, head_stride}, NH, NKV, HD, q_, n, pos0, pos0 + n, att_,
+                       work_, work_floats_, s));
+    } else if (cfg_.policy == DevicePolicy::OffloadAll) {
+      // The naive baseline: every row of the layer over the bus, then exact attention.
+      store(khost_d_ + layer_off, k_, n_keep);
+      store(vhost_d_ + layer_off, v_, n_keep);
+      store(kstage_, k_, n);
+      store(vstage_, v_, n);
+      CUDA_CHECK_LAUNCH();
+      if (pos0 > 0) {
+        const size_t row = (size_t)HD * sizeof(__half);
+        CUDA_CHECK(cudaMemcpy2DAsync(kstage_, (size_t)n_ctx_ * row, khost_ + layer_off, (size_t)n_ctx_ * row,
+                                     (size_t)pos0 * row, NKV, cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpy2DAsync(vstage_, (size_t)n_ctx_ * row, vhost_ + layer_off, (size_t)n_ctx_ * row,
+                                     (size_t)pos0 * row, NKV, cudaMemcpyHostToDevice, s));
+        step_fetch_bytes_ += 2ull * NKV * pos0 * row;
+      }
+      RUN(flash_attend(KvView{kstage_, vstage_, head_stride}, NH, NKV, HD, q_, n, pos0, pos0 + n, att_, work_,
+                       work_floats_, s));
+    } else {
+      if (waited && fetch_pending_[l]) (*waited)[l] = true;
+      RUN(attend_specache(l, n, n_keep, select_row));
     }
     RUN(mv(w.wo, att_, proj_));
-    add_kernel<<<blocks(E), 256, 0, s>>>(x_, proj_, E);
+    add(x_, proj_, (size_t)n * E, n * E);
     CUDA_CHECK_LAUNCH();
-    RUN(rmsnorm(x_, (const float *)w.ffn_norm.data, xn_, 1, E, hp.rms_eps, s));
+    RUN(rmsnorm(x_, (const float *)w.ffn_norm.data, xn_, n, E, hp.rms_eps, s));
     RUN(mv(w.w_gate, xn_, gate_));
     RUN(mv(w.w_up, xn_, up_));
-    RUN(swiglu(gate_, up_, gate_, (size_t)FF, s));
+    RUN(swiglu(gate_, up_, gate_, (size_t)n * FF, s));
     RUN(mv(w.w_down, gate_, proj_));
-    add_kernel<<<blocks(E), 256, 0, s>>>(x_, proj_, E);
+    add(x_, proj_, (size_t)n * E, n * E);
     CUDA_CHECK_LAUNCH();
   }
-  RUN(rmsnorm(x_, (const float *)m.output_norm.data, xn_, 1, E, hp.rms_eps, s));
-  RUN(mv(m.output, xn_, logits_));
 #undef RUN
-  if (logits_host) CUDA_CHECK(cudaMemcpyAsync(logits_host, logits_, (size_t)hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, s));
-  CUDA_CHECK(cudaStreamSynchronize(s));
-  ++n_past_;
   return SPECODE_OK;
 }
 

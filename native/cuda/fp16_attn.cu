@@ -102,3 +102,123 @@ int32_t softmax_merge(float *m_a, float *l_a, float *acc_a, const float *m_b, co
 }
 
 }  // namespace specode::cuda
+
+// ---------------------------------------------------------------- causal attention over a cache
+
+namespace specode::cuda {
+
+namespace {
+constexpr int kFlashTile = 128;  // keys a tile; also the block size
+constexpr int kFlashMaxHd = 256;
+
+// How many key ranges (blocks along y) a call uses: enough blocks to fill the device for a
+// decode step (few query rows, many keys), one range for prefill (many rows).
+int flash_splits(int rows, int n_keys) {
+  const int by_keys = (n_keys + 511) / 512;
+  const int by_rows = rows >= 512 ? 1 : 512 / (rows > 0 ? rows : 1);
+  int s = by_keys < by_rows ? by_keys : by_rows;
+  return s < 1 ? 1 : s;
+}
+}  // namespace
+
+// Block (row = query i · n_head + head, split): keys [split·chunk, min(visible, (split+1)·chunk)) of
+// the row's KV head, in tiles of kFlashTile with an online softmax; writes its unnormalized
+// piece (m, l, acc) to the work area.
+__global__ void flash_partial_kernel(KvView kv, int n_head, int group, int hd, const float *__restrict__ q, int pos0,
+                                     int n_keys, int chunk, int rows, float *__restrict__ pm, float *__restrict__ pl,
+                                     float *__restrict__ pacc) {
+  __shared__ float qs[kFlashMaxHd];
+  __shared__ float p[kFlashTile];
+  const int row = blockIdx.x, split = blockIdx.y;
+  const int i = row / n_head, h = row % n_head, kvh = h / group;
+  const int visible = min(n_keys, pos0 + i + 1);
+  const int j0 = split * chunk, j1 = min(visible, j0 + chunk);
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) qs[c] = q[(size_t)row * hd + c];
+  __syncthreads();
+  const __half *K = kv.k + (size_t)kvh * kv.head_stride, *V = kv.v + (size_t)kvh * kv.head_stride;
+  float m = -INFINITY, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;  // channels threadIdx.x and + kFlashTile
+  for (int t0 = j0; t0 < j1; t0 += kFlashTile) {
+    const int j = t0 + threadIdx.x;
+    float s = -INFINITY;
+    if (j < j1) {
+      const __half2 *kr = reinterpret_cast<const __half2 *>(K + (size_t)j * hd);
+      float d = 0.0f;
+      for (int c2 = 0; c2 < hd / 2; ++c2) {
+        const float2 kf = __half22float2(kr[c2]);
+        d = fmaf(qs[2 * c2], kf.x, fmaf(qs[2 * c2 + 1], kf.y, d));
+      }
+      s = d;
+    }
+    const float m_new = fmaxf(m, block_max(s));
+    const float e = j < j1 ? __expf(s - m_new) : 0.0f;
+    p[threadIdx.x] = e;
+    const float tsum = block_sum(e);  // its barriers make p visible
+    const float corr = m == -INFINITY ? 0.0f : __expf(m - m_new);
+    l = l * corr + tsum;
+    const int n = min(kFlashTile, j1 - t0);
+    float a0 = acc0 * corr, a1 = acc1 * corr;
+    const int c0 = threadIdx.x, c1 = threadIdx.x + kFlashTile;
+    for (int jj = 0; jj < n; ++jj) {
+      const __half *vr = V + (size_t)(t0 + jj) * hd;
+      if (c0 < hd) a0 = fmaf(p[jj], __half2float(vr[c0]), a0);
+      if (c1 < hd) a1 = fmaf(p[jj], __half2float(vr[c1]), a1);
+    }
+    acc0 = a0;
+    acc1 = a1;
+    m = m_new;
+    __syncthreads();  // p is rewritten by the next tile
+  }
+  const size_t slot = (size_t)split * rows + row;
+  if (threadIdx.x == 0) {
+    pm[slot] = m;
+    pl[slot] = l;
+  }
+  if (threadIdx.x < hd) pacc[slot * hd + threadIdx.x] = acc0;
+  if (threadIdx.x + kFlashTile < hd) pacc[slot * hd + threadIdx.x + kFlashTile] = acc1;
+}
+
+// out[row] = the softmax over every split's piece; 0 for a row that saw no key.
+__global__ void flash_combine_kernel(const float *__restrict__ pm, const float *__restrict__ pl,
+                                     const float *__restrict__ pacc, int splits, int rows, int hd,
+                                     float *__restrict__ out) {
+  const int row = blockIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, pm[(size_t)s * rows + row]);
+  float L = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = pm[(size_t)s * rows + row];
+    if (ms != -INFINITY) L += pl[(size_t)s * rows + row] * __expf(ms - M);
+  }
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = pm[(size_t)s * rows + row];
+      if (ms != -INFINITY) a += pacc[((size_t)s * rows + row) * hd + c] * __expf(ms - M);
+    }
+    out[(size_t)row * hd + c] = L > 0.0f ? a / L : 0.0f;
+  }
+}
+
+size_t flash_work_floats(int n_q, int n_head, int hd, int n_keys) {
+  const int rows = n_q * n_head;
+  return (size_t)flash_splits(rows, n_keys) * rows * (hd + 2);
+}
+
+int32_t flash_attend(KvView kv, int n_head, int n_head_kv, int hd, const float *q, int n_q, int pos0, int n_keys,
+                     float *out, float *work, size_t work_floats, cudaStream_t stream) {
+  if (n_q <= 0) return SPECODE_OK;
+  if (hd <= 0 || hd % 2 || hd > kFlashMaxHd || n_head_kv <= 0 || n_head % n_head_kv || n_keys <= 0 || pos0 < 0)
+    return SPECODE_ERR_ARGUMENT;
+  const int rows = n_q * n_head, splits = flash_splits(rows, n_keys);
+  if ((size_t)splits * rows * (hd + 2) > work_floats) return SPECODE_ERR_ARGUMENT;
+  const int chunk = (n_keys + splits - 1) / splits;
+  float *pm = work, *pl = pm + (size_t)splits * rows, *pacc = pl + (size_t)splits * rows;
+  flash_partial_kernel<<<dim3(rows, splits), kFlashTile, 0, stream>>>(kv, n_head, n_head / n_head_kv, hd, q, pos0,
+                                                                      n_keys, chunk, rows, pm, pl, pacc);
+  CUDA_CHECK_LAUNCH();
+  flash_combine_kernel<<<rows, hd < 128 ? 64 : 128, 0, stream>>>(pm, pl, pacc, splits, rows, hd, out);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+}  // namespace specode::cuda

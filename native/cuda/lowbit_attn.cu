@@ -186,6 +186,38 @@ __global__ void lowbit_values_kernel(const uint8_t *__restrict__ vcodes, const _
   acc[(size_t)r * hd + c] = l[r] > 0.0f ? a / l[r] : 0.0f;
 }
 
+// The value pass split over positions: block (r, s) sums tokens [s·chunk, (s+1)·chunk) of row r
+// into partial[s][r][c] (unnormalized); lowbit_values_reduce_kernel adds the splits up.
+__global__ void lowbit_values_split_kernel(const uint8_t *__restrict__ vcodes, const __half *__restrict__ vscale,
+                                           const __half *__restrict__ vzero, int hd, int vg, int bits,
+                                           const float *__restrict__ p, int64_t ldp, int t0, int n, int chunk,
+                                           int n_rows, float *__restrict__ partial) {
+  const int r = blockIdx.x, s = blockIdx.y, c = threadIdx.x;
+  if (c >= hd) return;
+  const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
+  const float *pr = p + (size_t)r * ldp;
+  const int j1 = min(n, (s + 1) * chunk);
+  float a = 0.0f;
+  for (int j = s * chunk; j < j1; ++j) {
+    const float w = pr[j];
+    if (w == 0.0f) continue;
+    const size_t t = (size_t)t0 + j;
+    const float v = (float)code_at(vcodes + t * row_bytes, c, bits) * __half2float(vscale[t * nvg + gi]) +
+                    __half2float(vzero[t * nvg + gi]);
+    a = fmaf(w, v, a);
+  }
+  partial[((size_t)s * n_rows + r) * hd + c] = a;
+}
+
+__global__ void lowbit_values_reduce_kernel(const float *__restrict__ partial, int splits, int n_rows, int hd,
+                                            const float *__restrict__ l, float *__restrict__ acc) {
+  const int r = blockIdx.x, c = threadIdx.x;
+  if (c >= hd) return;
+  float a = 0.0f;
+  for (int s = 0; s < splits; ++s) a += partial[((size_t)s * n_rows + r) * hd + c];
+  acc[(size_t)r * hd + c] = l[r] > 0.0f ? a / l[r] : 0.0f;
+}
+
 namespace {
 // Block-wide argmax over candidates i < n: value vals[i], position ids[i] (i itself when ids
 // is null); a candidate with a negative position is absent. Ties go to the lower position;
@@ -310,6 +342,16 @@ __global__ void gather_rows_kernel(const uint16_t *const *__restrict__ src_rows,
 
 // ---------------------------------------------------------------- launchers
 
+namespace {
+// Value-pass blocks per row: one per 512 positions, at most 64.
+int lowbit_value_splits(int n) {
+  const int s = (n + 511) / 512;
+  return s < 1 ? 1 : (s > 64 ? 64 : s);
+}
+}  // namespace
+
+size_t lowbit_work_floats(int n_rows, int hd, int n_tokens) { return (size_t)lowbit_value_splits(n_tokens) * n_rows * hd; }
+
 int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int hd, int bits, uint8_t *kcodes,
                         __half *kscale, __half *kzero, uint8_t *vcodes, __half *vscale, __half *vzero,
                         cudaStream_t stream) {
@@ -328,7 +370,7 @@ int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int
 int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half *kzero, const uint8_t *vcodes,
                       const __half *vscale, const __half *vzero, int g, int hd, int bits, int t0, int t1,
                       const float *q, int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l,
-                      float *acc, cudaStream_t stream) {
+                      float *acc, cudaStream_t stream, float *work, size_t work_floats) {
   if (t0 % g != 0 || t1 % g != 0 || t1 < t0 || hd > 1024 || g > 1024) return SPECODE_ERR_ARGUMENT;
   const int n = t1 - t0;
   if (n == 0 || n_rows == 0) return SPECODE_OK;
@@ -339,7 +381,28 @@ int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half 
   CUDA_CHECK_LAUNCH();
   softmax_rows_kernel<<<n_rows, 256, 0, stream>>>(p, n, n, m, l);
   CUDA_CHECK_LAUNCH();
-  lowbit_values_kernel<<<n_rows, hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits, p, n, t0, n, l, acc);
+  const int splits = lowbit_value_splits(n);
+  if (work && (size_t)splits * n_rows * hd <= work_floats && splits > 1) {
+    const int chunk = (n + splits - 1) / splits;
+    lowbit_values_split_kernel<<<dim3(n_rows, splits), hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits,
+                                                                         p, n, t0, n, chunk, n_rows, work);
+    CUDA_CHECK_LAUNCH();
+    lowbit_values_reduce_kernel<<<n_rows, hd, 0, stream>>>(work, splits, n_rows, hd, l, acc);
+  } else {
+    lowbit_values_kernel<<<n_rows, hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits, p, n, t0, n, l, acc);
+  }
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half *kzero, int g, int hd, int bits, int t0,
+                      int t1, const float *q, int n_rows, bool debias, float *p, int64_t ldp, cudaStream_t stream) {
+  if (t0 % g != 0 || t1 % g != 0 || t1 < t0 || hd > 1024 || g > 1024) return SPECODE_ERR_ARGUMENT;
+  if (t1 == t0 || n_rows == 0) return SPECODE_OK;
+  const size_t shared = ((size_t)n_rows * hd + 2 * hd + n_rows) * sizeof(float);
+  if (shared > 48 * 1024) return SPECODE_ERR_ARGUMENT;
+  lowbit_scores_kernel<<<(t1 - t0) / g, g, shared, stream>>>(kcodes, kscale, kzero, g, hd, bits, q, n_rows, nullptr, t0,
+                                                             p, ldp, debias ? 1 : 0);
   CUDA_CHECK_LAUNCH();
   return SPECODE_OK;
 }

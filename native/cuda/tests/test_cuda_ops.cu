@@ -421,6 +421,201 @@ void forward_matches_cpu(specode_model *model, const char *name, const std::vect
   report("forward_matches_cpu", worst <= tol && agree == total, detail);
 }
 
+
+// Causal attention over an fp16 cache (prefill and decode shapes, keys split across blocks)
+// against a double-precision reference.
+void flash_attend_matches_reference(int n_q, int pos0, int n_ctx, int hd) {
+  const int NH = 4, NKV = 2, G = NH / NKV, n_keys = pos0 + n_q;
+  std::mt19937 rng(7 + n_q + pos0);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<uint16_t> k((size_t)NKV * n_ctx * hd), v(k.size());
+  for (auto &x : k) x = specode::fp32_to_fp16(nd(rng));
+  for (auto &x : v) x = specode::fp32_to_fp16(nd(rng));
+  std::vector<float> q((size_t)n_q * NH * hd);
+  for (auto &x : q) x = nd(rng) * 0.3f;
+  std::vector<double> want(q.size());
+  for (int i = 0; i < n_q; ++i)
+    for (int h = 0; h < NH; ++h) {
+      const int kvh = h / G, vis = std::min(n_keys, pos0 + i + 1);
+      std::vector<double> sc(vis);
+      double mx = -1e300;
+      for (int j = 0; j < vis; ++j) {
+        double d = 0;
+        for (int c = 0; c < hd; ++c)
+          d += (double)q[((size_t)i * NH + h) * hd + c] * specode::fp16_to_fp32(k[((size_t)kvh * n_ctx + j) * hd + c]);
+        sc[j] = d;
+        mx = std::max(mx, d);
+      }
+      double sum = 0;
+      for (double &x : sc) sum += (x = std::exp(x - mx));
+      for (int c = 0; c < hd; ++c) {
+        double a = 0;
+        for (int j = 0; j < vis; ++j) a += sc[j] * specode::fp16_to_fp32(v[((size_t)kvh * n_ctx + j) * hd + c]);
+        want[((size_t)i * NH + h) * hd + c] = a / sum;
+      }
+    }
+  const __half *dk = (const __half *)to_device(k), *dv = (const __half *)to_device(v);
+  float *dq = to_device(q), *dout = nullptr, *work = nullptr;
+  const size_t wf = specode::cuda::flash_work_floats(n_q, NH, hd, n_keys);
+  cudaMalloc(&dout, q.size() * sizeof(float));
+  cudaMalloc(&work, wf * sizeof(float));
+  const int st = specode::cuda::flash_attend(specode::cuda::KvView{dk, dv, (int64_t)n_ctx * hd}, NH, NKV, hd, dq, n_q, pos0,
+                                             n_keys, dout, work, wf, 0);
+  cudaDeviceSynchronize();
+  auto got = to_host(dout, q.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  char detail[160];
+  std::snprintf(detail, sizeof detail, "n_q %d at %d over %d keys, hd %d: status %d, max |diff| %.2e (tolerance 1e-4)", n_q,
+                pos0, n_keys, hd, st, worst);
+  report("flash_attend_matches_reference", st == 0 && worst <= 1e-4, detail);
+  for (void *ptr : {(void *)dk, (void *)dv, (void *)dq, (void *)dout, (void *)work}) cudaFree(ptr);
+}
+
+double rel_diff(const float *a, const float *b, int n) {
+  float lo = a[0], hi = a[0];
+  double d = 0;
+  for (int i = 0; i < n; ++i) {
+    lo = std::fmin(lo, a[i]);
+    hi = std::fmax(hi, a[i]);
+    d = std::fmax(d, std::fabs(a[i] - b[i]));
+  }
+  return d / std::fmax(1e-6f, hi - lo);
+}
+
+int32_t argmax_of(const float *x, int n) { return (int32_t)(std::max_element(x, x + n) - x); }
+
+// A device context's greedy generation after a batched prefill. specache's schedule (as the
+// CPU's specode_decode_spec): a pre-decode of the first token, then (real, speculative) steps.
+// Returns the real tokens' logits, step by step.
+bool device_generate(specode::cuda::DeviceContext &dc, const std::vector<int32_t> &prompt, int steps, int V,
+                     std::vector<std::vector<float>> *logits, std::vector<int32_t> *tokens, std::string *why) {
+  std::vector<float> lg((size_t)2 * V);
+  if (dc.prefill(prompt.data(), (int)prompt.size(), lg.data()) != 0) {
+    *why = std::string("prefill: ") + specode::cuda::last_error();
+    return false;
+  }
+  int32_t real = argmax_of(lg.data(), V);
+  const bool spec = dc.config().policy == specode::cuda::DevicePolicy::Specache;
+  int32_t guess = -1;
+  if (spec) {
+    if (dc.step(&real, 1, 0, 0, lg.data()) != 0) {
+      *why = "pre-decode";
+      return false;
+    }
+    guess = argmax_of(lg.data(), V);
+  }
+  for (int i = 0; i < steps; ++i) {
+    tokens->push_back(real);
+    const int32_t pair[2] = {real, guess};
+    const int st = spec ? dc.step(pair, 2, 1, 1, lg.data()) : dc.step(pair, 1, 1, -1, lg.data());
+    if (st != 0) {
+      *why = std::string("step: ") + specode::cuda::last_error();
+      return false;
+    }
+    logits->emplace_back(lg.begin(), lg.begin() + V);
+    real = argmax_of(lg.data(), V);
+    if (spec) guess = argmax_of(lg.data() + V, V);
+  }
+  return true;
+}
+
+// The device's policies on one model and prompt, against the CPU engine's: a batched prefill
+// then `steps` greedy steps, each side fed its own choices. specache on the CPU and the device
+// run the same schedule and choose rows the same way, so tokens must agree throughout and the
+// logits stay within tol of the CPU's (relative to their range).
+void policy_matches_cpu(specode_model *model, const char *name, specode::cuda::DeviceKvConfig cfg, int prompt_len,
+                        int steps, double tol) {
+  using namespace specode::cuda;
+  specode::Model *m = engine_model(model);
+  std::unique_ptr<DeviceModel> dm;
+  std::string err;
+  if (DeviceModel::upload(*m, &dm, &err) != 0) {
+    report("policy_matches_cpu", false, err.c_str());
+    return;
+  }
+  const int V = m->hp.n_vocab, n_ctx = prompt_len + steps + 4;
+  const auto prompt = tinygguf::prompt(prompt_len, 9);
+  std::unique_ptr<DeviceContext> dc;
+  if (DeviceContext::create(*dm, n_ctx, cfg, 0, &dc, &err) != 0) {
+    report("policy_matches_cpu", false, err.c_str());
+    return;
+  }
+  std::vector<std::vector<float>> dev_logits;
+  std::vector<int32_t> dev_tokens;
+  std::string why;
+  const bool ran = device_generate(*dc, prompt, steps, V, &dev_logits, &dev_tokens, &why);
+  double stall = 0, bytes = 0;
+  stall = dc->last_step().stall_ms;
+  bytes = (double)dc->last_step().fetched_bytes;
+  specode_context_params cp = specode_context_default_params();
+  cp.n_ctx = (uint32_t)n_ctx;
+  cp.kv_type = SPECODE_KV_F16;
+  cp.kv_policy = cfg.policy == DevicePolicy::Full ? SPECODE_KV_POLICY_FULL
+                 : cfg.policy == DevicePolicy::OffloadAll ? SPECODE_KV_POLICY_OFFLOAD_ALL
+                                                          : SPECODE_KV_POLICY_SPECACHE;
+  cp.kv_bits = cfg.bits;
+  cp.kv_group = cfg.group;
+  cp.kv_topk = cfg.topk;
+  cp.kv_rerank = cfg.rerank;
+  cp.kv_residual = cfg.residual;
+  specode_context *ctx = nullptr;
+  if (!ran || specode_context_init(model, &cp, &ctx) != SPECODE_OK) {
+    report("policy_matches_cpu", false, ran ? "cpu context" : why.c_str());
+    return;
+  }
+  std::vector<float> lc(V);
+  specode_decode(ctx, prompt.data(), (uint32_t)prompt.size(), 0, lc.data());
+  int32_t real = argmax_of(lc.data(), V);
+  double worst = 0;
+  int agree = 0;
+  for (int i = 0; i < steps; ++i) {
+    if (specode_decode_spec(ctx, real, lc.data(), nullptr) != SPECODE_OK) break;
+    worst = std::max(worst, rel_diff(lc.data(), dev_logits[i].data(), V));
+    agree += i < (int)dev_tokens.size() && dev_tokens[i] == real;
+    real = argmax_of(lc.data(), V);
+  }
+  specode_context_free(ctx);
+  char detail[300];
+  std::snprintf(detail, sizeof detail,
+                "%s: worst |logit difference| / range %.2e (tolerance %.0e); %d/%d steps on the same token; last step "
+                "%.3f ms, stall %.3f ms, %.0f bytes fetched",
+                name, worst, tol, agree, steps, dc->last_step().step_ms, stall, bytes);
+  report("policy_matches_cpu", worst <= tol && agree == steps, detail);
+}
+
+// With a top-k covering every candidate, specache fetches every low-bit position and its
+// logits are full's (up to summation order).
+void specache_with_all_rows_is_full(specode_model *model) {
+  using namespace specode::cuda;
+  specode::Model *m = engine_model(model);
+  std::unique_ptr<DeviceModel> dm;
+  std::string err;
+  if (DeviceModel::upload(*m, &dm, &err) != 0) {
+    report("specache_with_all_rows_is_full", false, err.c_str());
+    return;
+  }
+  const int V = m->hp.n_vocab, steps = 24, plen = 300, n_ctx = plen + steps + 4;
+  const auto prompt = tinygguf::prompt(plen, 3);
+  DeviceKvConfig full, all;
+  all.policy = DevicePolicy::Specache;
+  all.topk = 1024;
+  all.rerank = 1;
+  std::unique_ptr<DeviceContext> a, b;
+  std::vector<std::vector<float>> la, lb;
+  std::vector<int32_t> ta, tb;
+  std::string why;
+  const bool ok = DeviceContext::create(*dm, n_ctx, full, 0, &a, &err) == 0 &&
+                  DeviceContext::create(*dm, n_ctx, all, 0, &b, &err) == 0 &&
+                  device_generate(*a, prompt, steps, V, &la, &ta, &why) && device_generate(*b, prompt, steps, V, &lb, &tb, &why);
+  double worst = 0;
+  for (size_t i = 0; ok && i < la.size() && i < lb.size(); ++i) worst = std::max(worst, rel_diff(la[i].data(), lb[i].data(), V));
+  char detail[200];
+  std::snprintf(detail, sizeof detail, "%s worst |logit difference| / range %.2e (tolerance 1e-4); tokens %s", ok ? "" : why.c_str(),
+                worst, ta == tb ? "equal" : "differ");
+  report("specache_with_all_rows_is_full", ok && worst <= 1e-4 && ta == tb, detail);
+}
+
 }  // namespace
 
 int main() {
@@ -441,10 +636,31 @@ int main() {
   topk_matches_cpu(50, 64);
   gather_from_pinned_host();
   fp16_piece_and_merge_match_cpu();
+  for (int n_q : {1, 2, 37})
+    for (int pos0 : {0, 5, 3000}) flash_attend_matches_reference(n_q, pos0, pos0 + n_q + 3, 64);
+  flash_attend_matches_reference(2, 20000, 20010, 128);
+  flash_attend_matches_reference(300, 0, 300, 128);
   {
     tinygguf::TinyFile tiny(2, "cuda");
-    if (tiny.model) forward_matches_cpu(tiny.model, "tiny F32 llama", tinygguf::prompt(24, 5), 32, 1e-4);
-    else report("forward_matches_cpu", false, "tiny model did not load");
+    if (tiny.model) {
+      forward_matches_cpu(tiny.model, "tiny F32 llama", tinygguf::prompt(24, 5), 32, 1e-4);
+      // The CPU side in fp32 throughout (no bf16 dot products), as the device computes.
+      specode::lowbit_force_fp32(true);
+      using specode::cuda::DeviceKvConfig;
+      using specode::cuda::DevicePolicy;
+      DeviceKvConfig full, offload, spec2, spec1;
+      offload.policy = DevicePolicy::OffloadAll;
+      spec2.policy = spec1.policy = DevicePolicy::Specache;
+      spec2.topk = spec1.topk = 16;
+      spec1.bits = 1;
+      policy_matches_cpu(tiny.model, "tiny, full, batched prefill of 600", full, 600, 32, 1e-4);
+      policy_matches_cpu(tiny.model, "tiny, offload-all", offload, 600, 32, 1e-4);
+      policy_matches_cpu(tiny.model, "tiny, specache 2-bit k 16", spec2, 600, 48, 1e-3);
+      policy_matches_cpu(tiny.model, "tiny, specache 1-bit k 16", spec1, 600, 48, 1e-3);
+      specache_with_all_rows_is_full(tiny.model);
+    } else {
+      report("forward_matches_cpu", false, "tiny model did not load");
+    }
   }
   // A real GGUF (e.g. smollm2-135m, qwen2.5-coder-0.5b): SPECODE_CUDA_TEST_MODEL=path. Activations
   // are fp32 here and Q8 on the CPU for quantized weights, hence the looser tolerance.

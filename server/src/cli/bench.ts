@@ -2,6 +2,7 @@
 import { UserError } from '../errors';
 import { benchParity } from '../bench/parity';
 import { benchSpeed } from '../bench/speed';
+import { benchSpeedCuda } from '../bench/speed_cuda';
 import { benchReuse } from '../bench/reuse';
 import { benchPolicies } from '../bench/policies';
 import { benchEditor } from '../bench/editor';
@@ -37,6 +38,9 @@ const FLAGS: Record<string, FlagSpec> = {
   seed: { type: 'number', help: 'fidelity: seed of every input choice', default: 1 },
   haystack: { type: 'string', help: 'fidelity: haystack documents (mixed | code | prose)', default: 'mixed' },
   measure: { type: 'boolean', help: "fidelity: specache computes each step's true top-k for top-k overlap (--measure=false to skip)", default: true },
+  backend: { type: 'string', help: 'speed: cpu (default) | cuda — the CUDA backend through native/build/specode_cuda_bench (needs an NVIDIA GPU; policies full, offload-all, specache)', default: 'cpu' },
+  'ids-out': { type: 'string', help: 'speed --backend cuda: only write the tokenized input (int32 ids) to this file for specode_cuda_bench on a GPU machine without Node, and stop' },
+  'stand-in': { type: 'string', help: 'speed --backend cuda: the model a random-weights file made by scripts/gguf_skeleton.py stands in for (written into the JSON notes)' },
   out: { type: 'string', help: 'write the JSON to this file (fidelity / policies: after every finished row as well)' },
   requests: { type: 'number', help: 'editor: timed completions after the warm-up', default: 30 },
   'storm-keystrokes': { type: 'number', help: 'editor: keystrokes in the storm (each one a completion request)', default: 200 },
@@ -102,7 +106,16 @@ export async function runBench(argv: string[]): Promise<number> {
     }
     const bits = Number(p.flags.bits ?? 2);
     if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
-    result = await benchSpeed({
+    const backend = String(p.flags.backend ?? 'cpu');
+    if (backend !== 'cpu' && backend !== 'cuda') throw new UserError(`bench: --backend must be cpu or cuda, got '${backend}'`);
+    if (backend === 'cuda') {
+      result = await benchSpeedCuda({
+        modelName, modelPath, contexts, policies, bits, topk: Number(p.flags.topk), rerank: Number(p.flags.rerank),
+        decodeTokens: Number(p.flags['decode-tokens']), warmup: Math.max(1, Number(p.flags.warmup)),
+        standIn: p.flags['stand-in'] === undefined ? undefined : String(p.flags['stand-in']),
+        idsOut: p.flags['ids-out'] === undefined ? undefined : String(p.flags['ids-out']),
+      });
+    } else result = await benchSpeed({
       modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: Number(p.flags.rerank),
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
       peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
@@ -200,6 +213,16 @@ function printSummary(r: Envelope): void {
     for (const [k, v] of Object.entries(kinds)) console.log(`  ${k.padEnd(6)} ${v.requests} requests: first suggestion p50 ${v.p50_ms ?? '—'} ms, p95 ${v.p95_ms ?? '—'} ms`);
     console.log(`storm: ${s.keystrokes} keystrokes in ${(s.duration_ms / 1000).toFixed(1)} s, max running ${s.max_running ?? '—'}, max waiting ${s.max_waiting ?? '—'}, drained ${s.drain_ms ?? '—'} ms after the last keystroke; answered ${s.answered}, cancelled ${s.cancelled}, superseded ${s.superseded}, errors ${s.errors}`);
     console.log(`server RSS: ${mib(s.rss_before)} before, ${mib(s.rss_after)} after`);
+    return;
+  }
+  if (r.suite === 'speed' && r.backend === 'cuda') {
+    const w = r.ids_written as { path: string; tokens: number; command: string } | undefined;
+    if (w) console.log(`wrote ${w.tokens} token ids to ${w.path}; on the GPU machine run:\n  ${w.command}`);
+    for (const n of (r.notes as string[]) ?? []) console.log(`note: ${n}`);
+    for (const row of r.rows as { policy: string; ctx: number; error?: string; step_ms_mean?: number; stall_frac?: number; pcie_bytes_per_step?: number; vram?: { kv: number; buffers: number }; hbm_frac_of_peak?: number }[]) {
+      if (row.error) console.log(`${row.policy.padEnd(12)} ctx ${String(row.ctx).padStart(6)}  error: ${row.error}`);
+      else console.log(`${row.policy.padEnd(12)} ctx ${String(row.ctx).padStart(6)}  step ${row.step_ms_mean?.toFixed(3)} ms  stall ${((row.stall_frac ?? 0) * 100).toFixed(1)} %  KV VRAM ${(((row.vram?.kv ?? 0) + (row.vram?.buffers ?? 0)) / 1048576).toFixed(1)} MiB  bus ${((row.pcie_bytes_per_step ?? 0) / 1048576).toFixed(2)} MiB/step  HBM ${((row.hbm_frac_of_peak ?? 0) * 100).toFixed(0)} % of peak`);
+    }
     return;
   }
   if (r.suite === 'reuse') {
