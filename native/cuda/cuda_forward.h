@@ -59,6 +59,7 @@ struct DeviceKvConfig {
   DevicePolicy policy = DevicePolicy::Full;
   int bits = 2, group = 64, topk = 64, rerank = 4, residual = 64;  // specache (src/specache.h)
   bool debias = true;
+  int fetch_delay_us = 0;  // tests: the copy stream spins this long before each layer's fetch (a slow link)
 };
 
 // Device memory of a model and context, for the status bar and the budget check.
@@ -162,6 +163,7 @@ class DeviceContext {
   int words_ = 0;
   std::vector<int> pre_n_;                            // [n_layer][n_head_kv] rows held (host's count)
   int n_lowbit_ = 0, resid_n_ = 0;                    // the same for every layer
+  int vis_n_ = -1, vis_keep_ = -1;                    // the (n, n_keep) visible_ was written for
   float *flush_ = nullptr;                            // [2][R][hd] fp32 rows being quantized
   // specache attention state: per KV head queries [NKV][rows][hd], pieces, and per-layer
   // copies of the select row's queries and softmax totals for the copy stream.
@@ -169,9 +171,8 @@ class DeviceContext {
         *pb_acc_ = nullptr, *scores_ = nullptr;
   int *visible_ = nullptr;
   float *qsel_ = nullptr, *msel_ = nullptr, *lsel_ = nullptr;  // [n_layer][NKV][G](×hd)
-  float *sel_p_ = nullptr, *sel_avg_ = nullptr, *sel_exact_ = nullptr, *cand_val_ = nullptr;
-  int *cand_pos_ = nullptr, *wide_ = nullptr, *wide_n_ = nullptr, *pick_ = nullptr, *pick_n_ = nullptr;
-  std::vector<int> sel_ncand_;                        // [n_layer] candidates of the pending selection
+  float *sel_p_ = nullptr, *sel_avg_ = nullptr, *sel_exact_ = nullptr;
+  int *wide_ = nullptr, *wide_n_ = nullptr, *pick_ = nullptr, *pick_n_ = nullptr;
   std::vector<cudaEvent_t> ev_attn_, ev_fetch_, ev_wait0_, ev_wait1_;
   std::vector<bool> fetch_pending_;
   cudaEvent_t ev_start_ = nullptr, ev_end_ = nullptr;

@@ -70,10 +70,9 @@ int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half 
                       int t1, const float *q, int n_rows, bool debias, float *p, int64_t ldp, cudaStream_t stream);
 // Work that lets lowbit_attend split the value pass over positions (many blocks a row).
 size_t lowbit_work_floats(int n_rows, int hd, int n_tokens);
-// The k largest of score[0..n) in ascending position order (ties: lower position), k <= 1024.
-// Scratch: cand_pos, cand_val [ceil(n / 4096) · k]. out [k]; *count (device) how many.
-int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, int *out, int *count,
-             cudaStream_t stream);
+// The k largest of score[0..n) in ascending position order (ties: lower position), k <= 1024:
+// min(n, k) positions to out, the count to *count (device). One block, radix select.
+int32_t topk(const float *score, int n, int k, int *out, int *count, cudaStream_t stream);
 // dst[i][0..hd) = src_rows[i][0..hd): src_rows are device-visible pointers into pinned, mapped
 // host pages (cudaHostGetDevicePointer), so the copy reads over PCIe without a staging copy.
 int32_t gather_rows(const uint16_t *const *src_rows, uint16_t *dst, int n_rows, int hd, cudaStream_t stream);

@@ -189,11 +189,10 @@ DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx, const Devi
       m.buffers = 2ull * L * NKV * K * HD * sizeof(__half) + L * NKV * (K * sizeof(int) + words * 8) +
                   2ull * NKV * kMaxStepTokens * HD * sizeof(__half);
       // Attention pieces and the selection's space (copy stream).
-      const uint64_t chunks = (n + 4095) / 4096;
       work = std::max(work, lowbit_work_floats((int)rows_sel, (int)HD, n_ctx));
       m.activations += (NKV * rows_sel * HD * 3 + NKV * rows_sel * 4 + rows_sel * n + L * NKV * G * (HD + 2) + G * n + n +
-                        (uint64_t)keep + chunks * keep + 2ull * std::max<uint64_t>(4096, R) * HD) * sizeof(float) +
-                       (rows_sel + chunks * keep + 2ull * keep + 2) * sizeof(int);
+                        (uint64_t)keep + 2ull * std::max<uint64_t>(4096, R) * HD) * sizeof(float) +
+                       (rows_sel + 2ull * keep + 2) * sizeof(int);
       break;
     }
   }
@@ -215,24 +214,34 @@ int32_t DeviceContext::alloc(size_t bytes, void **p) {
 int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceKvConfig &cfg, uint64_t budget_bytes,
                               std::unique_ptr<DeviceContext> *out, std::string *err) {
   const Hparams &hp = model.hp;
+  if (hp.head_dim % 8 || hp.head_dim > 256 || hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 64) {
+    *err = "cuda: the kernels need a head size that is a multiple of 8 and at most 256, and at most 64 query heads per "
+           "KV head; this model has " + std::to_string(hp.head_dim) + " and " + std::to_string(hp.n_head) + "/" +
+           std::to_string(hp.n_head_kv) + ". Use the CPU backend.";
+    return SPECODE_ERR_UNSUPPORTED;
+  }
   if (cfg.policy == DevicePolicy::Specache &&
-      (cfg.bits < 1 || cfg.bits > 2 || cfg.group <= 0 || cfg.group % 8 || cfg.residual % cfg.group || cfg.residual <= 0 ||
-       cfg.topk < 0 || std::max(1, cfg.topk) * std::max(1, cfg.rerank) > 1024 || hp.head_dim > 1024)) {
-    *err = "cuda: specache needs bits 1 or 2, a group that is a multiple of 8, a residual that is a multiple of the group, "
-           "and topk × rerank ≤ 1024";
+      (cfg.bits < 1 || cfg.bits > 2 || cfg.group <= 0 || cfg.group % 8 || cfg.group > 1024 || cfg.residual % cfg.group ||
+       cfg.residual <= 0 || cfg.topk < 0 || std::max(1, cfg.topk) * std::max(1, cfg.rerank) > 1024 ||
+       cfg.topk + cfg.residual + kMaxStepTokens > 12288)) {
+    *err = "cuda: specache needs bits 1 or 2, a group that is a multiple of 8 up to 1024, a residual that is a multiple "
+           "of the group, topk × rerank ≤ 1024 and topk + residual ≤ 12286";
     return SPECODE_ERR_ARGUMENT;
   }
   const DeviceMemory need = plan(model, n_ctx, cfg);
-  const uint64_t ctx_bytes = need.kv + need.buffers + need.activations;
+  // A prefill also holds its transient copy of the rows (host policies) for its duration.
+  const uint64_t ctx_bytes = need.kv + need.buffers + need.activations + need.prefill;
   // The weights are already on the device: the context needs free memory for itself, and the
   // budget covers both.
   const uint64_t room = budget_bytes ? std::min<uint64_t>(need.free, budget_bytes > need.weights ? budget_bytes - need.weights : 0)
                                      : need.free;
   if (ctx_bytes > room) {
-    const uint64_t per_token = (need.kv + need.buffers) / (uint64_t)std::max(1, n_ctx);
+    const uint64_t per_token = (need.kv + need.buffers + need.prefill) / (uint64_t)std::max(1, n_ctx);
     const uint64_t fit = room > need.activations && per_token ? (room - need.activations) / per_token : 0;
     *err = "cuda: a context of " + std::to_string(n_ctx) + " tokens needs " + mib(ctx_bytes) + " (K/V " + mib(need.kv) +
-           ", buffers " + mib(need.buffers + need.activations) + ") beside the weights' " + mib(need.weights) + "; " +
+           ", buffers " + mib(need.buffers + need.activations) +
+           (need.prefill ? ", while prefilling " + mib(need.prefill) : std::string()) + ") beside the weights' " +
+           mib(need.weights) + "; " +
            (budget_bytes ? "the device budget is " + mib(budget_bytes) + " and " : "") + mib(need.free) +
            " are free on the device. At most " + std::to_string(fit) + " tokens fit: lower the context size" +
            (budget_bytes ? " or raise the device budget." : ".");
@@ -312,6 +321,17 @@ int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host)
                                    (size_t)L * hp.n_head_kv, cudaMemcpyHostToDevice, stream_));
     }
   }
+  struct FreeTransient {  // on every way out
+    DeviceContext *c;
+    bool on;
+    ~FreeTransient() {
+      if (!on) return;
+      cudaStreamSynchronize(c->stream_);
+      cudaFree(c->kdev_);
+      cudaFree(c->vdev_);
+      c->kdev_ = c->vdev_ = nullptr;
+    }
+  } free_transient{this, host};
   int32_t st = SPECODE_OK;
   for (int b0 = 0; b0 < n && st == SPECODE_OK; b0 += kPrefillBatch) {
     const int nb = std::min(kPrefillBatch, n - b0);
@@ -327,12 +347,6 @@ int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host)
     }
   }
   if (st == SPECODE_OK && cfg_.policy == DevicePolicy::Specache) st = rebuild_lowbit();
-  if (host) {
-    cudaStreamSynchronize(stream_);
-    cudaFree(kdev_);
-    cudaFree(vdev_);
-    kdev_ = vdev_ = nullptr;
-  }
   return st;
 }
 
@@ -352,6 +366,13 @@ int32_t DeviceContext::step(const int32_t *tokens, int n, int n_keep, int select
     return SPECODE_ERR_ARGUMENT;
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) return SPECODE_ERR_ARGUMENT;
+  if (cfg_.policy == DevicePolicy::Specache && n_keep == 0) {
+    // A pre-decode starts a new generation: no rows held (as the CPU's begin_pass).
+    CUDA_CHECK(cudaStreamSynchronize(copy_));
+    CUDA_CHECK(cudaMemsetAsync(pbits_, 0, (size_t)hp.n_layer * hp.n_head_kv * words_ * 8, stream_));
+    std::fill(pre_n_.begin(), pre_n_.end(), 0);
+    std::fill(fetch_pending_.begin(), fetch_pending_.end(), false);
+  }
   const int pos[kMaxStepTokens] = {n_past_, n_past_ + 1};
   step_fetch_bytes_ = 0;
   CUDA_CHECK(cudaEventRecord(ev_start_, stream_));

@@ -82,6 +82,7 @@ __global__ void mean_probs_kernel(const float *__restrict__ p, int64_t ldp, int 
 
 // The same from exact fp16 keys, one warp per row i < count: the row is rows[(by_pos ? pos : i)]
 // with pos = positions ? positions[i] : pos_base + i; the result goes to out[out_by_pos ? pos : i].
+// The row is read once (into registers, hd <= 256) for all the group's query heads.
 __global__ void exact_probs_kernel(const __half *__restrict__ rows, const int *__restrict__ positions, int pos_base,
                                    int count, int by_pos, int out_by_pos, const float *__restrict__ q,
                                    const float *__restrict__ M, const float *__restrict__ L, int group, int hd,
@@ -91,19 +92,28 @@ __global__ void exact_probs_kernel(const __half *__restrict__ rows, const int *_
   const int pos = positions ? positions[i] : pos_base + i;
   if (pos < 0) return;
   const __half *k = rows + (size_t)(by_pos ? pos : i) * hd;
+  float kr[8];
+  for (int j = 0; j < 8; ++j) kr[j] = lane + 32 * j < hd ? __half2float(k[lane + 32 * j]) : 0.0f;
   float a = 0.0f;
   for (int hq = 0; hq < group; ++hq) {
     float d = 0.0f;
-    for (int c = lane; c < hd; c += 32) d = fmaf(q[(size_t)hq * hd + c], __half2float(k[c]), d);
+    for (int j = 0; j < 8 && lane + 32 * j < hd; ++j) d = fmaf(q[(size_t)hq * hd + lane + 32 * j], kr[j], d);
     d = warp_sum(d);
     if (M[hq] != -INFINITY) a += __expf(d - M[hq]) / (L[hq] * group);
   }
   if (lane == 0) out[out_by_pos ? pos : i] = a;
 }
 
+// The copy stream's stand-in for a slow link (tests): spins for ns nanoseconds.
+__global__ void delay_kernel(long long ns) {
+  const long long t0 = clock64();
+  const long long cycles = ns * 2;  // ~2 GHz; only a lower bound matters
+  while (clock64() - t0 < cycles) {
+  }
+}
+
 // chosen[i] = wide[pick[i]] for i < count.
-__global__ void map_pick_kernel(const int *__restrict__ wide, const int *__restrict__ pick, int count,
-                                int *__restrict__ chosen) {
+__global__ void map_pick_kernel(const int *__restrict__ wide, const int *pick, int count, int *chosen) {  // pick may be chosen
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < count) chosen[i] = wide[pick[i]];
 }
@@ -160,7 +170,7 @@ int32_t DeviceContext::init_specache() {
   a((size_t)L * NKV * K * HD * h, (void **)&pv_);
   a((size_t)L * NKV * K * sizeof(int), (void **)&ppos_);
   a((size_t)L * NKV * words_ * 8, (void **)&pbits_);
-  a((size_t)2 * std::max(4096, R) * HD * f, (void **)&flush_);
+  a((size_t)2 * std::max(std::max(4096, R), g) * HD * f, (void **)&flush_);
   a((size_t)NKV * rows_max * HD * f, (void **)&qg_);
   for (float **p : {&pa_m_, &pa_l_, &pb_m_, &pb_l_}) a((size_t)NKV * rows_max * f, (void **)p);
   a((size_t)NKV * rows_max * HD * f, (void **)&pa_acc_);
@@ -173,9 +183,6 @@ int32_t DeviceContext::init_specache() {
   a((size_t)G * n_ctx_ * f, (void **)&sel_p_);
   a((size_t)n_ctx_ * f, (void **)&sel_avg_);
   a((size_t)keep * f, (void **)&sel_exact_);
-  const size_t chunks = (n_ctx_ + 4095) / 4096;
-  a(chunks * keep * f, (void **)&cand_val_);
-  a(chunks * keep * sizeof(int), (void **)&cand_pos_);
   a((size_t)keep * sizeof(int), (void **)&wide_);
   a((size_t)keep * sizeof(int), (void **)&pick_);
   a(sizeof(int), (void **)&wide_n_);
@@ -183,7 +190,6 @@ int32_t DeviceContext::init_specache() {
   if (st != SPECODE_OK) return st;
   CUDA_CHECK(cudaMemset(pbits_, 0, (size_t)L * NKV * words_ * 8));
   pre_n_.assign((size_t)L * NKV, 0);
-  sel_ncand_.assign(L, 0);
   fetch_pending_.assign(L, false);
   for (auto *evs : {&ev_attn_, &ev_fetch_}) {
     evs->resize(L);
@@ -204,7 +210,7 @@ int32_t DeviceContext::rebuild_lowbit() {
   const int vg = std::min(g, HD), n = n_past_;
   n_lowbit_ = n >= 1 ? R * ((n - 1) / R) : 0;
   resid_n_ = n - n_lowbit_;
-  const int chunk = 4096 / g * g;
+  const int chunk = std::max(1, 4096 / g) * g;  // whole groups; flush_ holds max(4096, R) rows
   cudaStream_t s = stream_;
   for (int l = 0; l < L; ++l)
     for (int h = 0; h < NKV; ++h) {
@@ -212,7 +218,7 @@ int32_t DeviceContext::rebuild_lowbit() {
       const LowbitDev &d = lowbit_[lh(l, h)];
       for (int t0 = 0; t0 < n_lowbit_; t0 += chunk) {
         const int nt = std::min(chunk, n_lowbit_ - t0);
-        float *fk = flush_, *fv = flush_ + (size_t)std::max(4096, R) * HD;
+        float *fk = flush_, *fv = flush_ + (size_t)std::max(std::max(4096, R), g) * HD;
         half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(kdev_ + base + (size_t)t0 * HD, fk, (size_t)nt * HD);
         half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(vdev_ + base + (size_t)t0 * HD, fv, (size_t)nt * HD);
         CUDA_CHECK_LAUNCH();
@@ -267,7 +273,7 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
   if (flush)
     for (int h = 0; h < NKV; ++h) {
       const LowbitDev &d = lowbit_[lh(layer, h)];
-      float *fk = flush_, *fv = flush_ + (size_t)std::max(4096, R) * HD;
+      float *fk = flush_, *fv = flush_ + (size_t)std::max(std::max(4096, R), g) * HD;
       const size_t r0 = lh(layer, h) * R * HD, t0 = (size_t)n_lowbit_;
       half_to_float_kernel<<<blocks_for((size_t)R * HD), 256, 0, s>>>(rk_ + r0, fk, (size_t)R * HD);
       half_to_float_kernel<<<blocks_for((size_t)R * HD), 256, 0, s>>>(rv_ + r0, fv, (size_t)R * HD);
@@ -282,11 +288,13 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
       rv_ + lh(layer, 0) * R * HD, R, slot, newk_, newv_, kMaxStepTokens);
   regroup_kernel<<<blocks_for((size_t)n * NH * HD), 256, 0, s>>>(q_, qg_, n, NH, G, HD, rows_max, 1);
   CUDA_CHECK_LAUNCH();
-  if (layer == 0) {  // the same for every layer
+  if (n != vis_n_ || n_keep != vis_keep_) {  // rows' visible speculative tokens: changes only with the pass's shape
     int vis[kMaxStepTokens * 64];
     if (rows > (int)(sizeof vis / sizeof vis[0])) return SPECODE_ERR_UNSUPPORTED;
     for (int r = 0; r < rows; ++r) vis[r] = std::max(0, std::min(n_new, r / G - n_keep + 1));
-    CUDA_CHECK(cudaMemcpyAsync(visible_, vis, rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaMemcpy(visible_, vis, rows * sizeof(int), cudaMemcpyHostToDevice));
+    vis_n_ = n;
+    vis_keep_ = n_keep;
   }
   int32_t st;
   for (int h = 0; h < NKV; ++h) {
@@ -341,6 +349,10 @@ int32_t DeviceContext::select_and_fetch(int layer, int n_lowbit_now, int resid_n
   const int64_t head_stride = (int64_t)n_ctx_ * HD;
   cudaStream_t c = copy_;
   CUDA_CHECK(cudaStreamWaitEvent(c, ev_attn_[layer], 0));
+  if (cfg_.fetch_delay_us > 0) {
+    delay_kernel<<<1, 1, 0, c>>>((long long)cfg_.fetch_delay_us * 1000);
+    CUDA_CHECK_LAUNCH();
+  }
   int32_t st;
   for (int h = 0; h < NKV; ++h) {
     const size_t i = lh(layer, h);
@@ -360,14 +372,14 @@ int32_t DeviceContext::select_and_fetch(int layer, int n_lowbit_now, int resid_n
         exact_probs_kernel<<<(R + 3) / 4, 128, 0, c>>>(rk_ + i * R * HD, nullptr, n_lowbit_now, R, 0, 1, q, M, L, G, HD, sel_avg_);
       CUDA_CHECK_LAUNCH();
       const int n_wide = std::min(n_cand, keep), n_pick = std::min(n_cand, K);
-      if ((st = topk(sel_avg_, n_cand, keep, cand_pos_, cand_val_, wide_, wide_n_, c)) != SPECODE_OK) return st;
+      if ((st = topk(sel_avg_, n_cand, keep, wide_, wide_n_, c)) != SPECODE_OK) return st;
       const int *chosen = wide_;
       if (n_wide > n_pick) {
         // Second stage: exact scores of the wide choice from the host rows.
         exact_probs_kernel<<<(n_wide + 3) / 4, 128, 0, c>>>(khost_d_ + (size_t)i * head_stride, wide_, 0, n_wide, 1, 0, q,
                                                             M, L, G, HD, sel_exact_);
         CUDA_CHECK_LAUNCH();
-        if ((st = topk(sel_exact_, n_wide, K, cand_pos_, cand_val_, pick_, pick_n_, c)) != SPECODE_OK) return st;
+        if ((st = topk(sel_exact_, n_wide, K, pick_, pick_n_, c)) != SPECODE_OK) return st;
         map_pick_kernel<<<blocks_for(n_pick), 256, 0, c>>>(wide_, pick_, n_pick, pick_);
         CUDA_CHECK_LAUNCH();
         chosen = pick_;

@@ -218,116 +218,6 @@ __global__ void lowbit_values_reduce_kernel(const float *__restrict__ partial, i
   acc[(size_t)r * hd + c] = l[r] > 0.0f ? a / l[r] : 0.0f;
 }
 
-namespace {
-// Block-wide argmax over candidates i < n: value vals[i], position ids[i] (i itself when ids
-// is null); a candidate with a negative position is absent. Ties go to the lower position;
-// -inf values count (select_topk returns them too). best_id is INT32_MAX when none is left.
-__device__ void block_argmax(const float *vals, const int *ids, int n, float *best_val, int *best_id) {
-  __shared__ float rv[32];
-  __shared__ int ri[32];
-  float bv = -INFINITY;
-  int bi = INT32_MAX;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int id = ids ? ids[i] : i;
-    if (id < 0) continue;
-    const float v = vals[i];
-    if (bi == INT32_MAX || v > bv || (v == bv && id < bi)) {
-      bv = v;
-      bi = id;
-    }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (oi != INT32_MAX && (bi == INT32_MAX || ov > bv || (ov == bv && oi < bi))) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
-  if (lane == 0) {
-    rv[warp] = bv;
-    ri[warp] = bi;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < warps; ++w)
-      if (ri[w] != INT32_MAX && (ri[0] == INT32_MAX || rv[w] > rv[0] || (rv[w] == rv[0] && ri[w] < ri[0]))) {
-        rv[0] = rv[w];
-        ri[0] = ri[w];
-      }
-  }
-  __syncthreads();
-  *best_val = rv[0];
-  *best_id = ri[0];
-  __syncthreads();
-}
-}  // namespace
-
-// Stage 1: each block keeps the k best of its chunk of score[0..n) (fewer when the chunk is
-// shorter; the rest of its slots get position -1).
-__global__ void topk_chunk_kernel(const float *__restrict__ score, int n, int k, int chunk, int *__restrict__ cand_pos,
-                                  float *__restrict__ cand_val) {
-  extern __shared__ float vals[];  // [chunk] scores, then [chunk] ids
-  const int base = blockIdx.x * chunk, len = min(chunk, n - base);
-  for (int i = threadIdx.x; i < len; i += blockDim.x) vals[i] = score[base + i];
-  __syncthreads();
-  int *ids = reinterpret_cast<int *>(vals + chunk);  // [chunk] chunk offsets, -1 once taken
-  for (int i = threadIdx.x; i < len; i += blockDim.x) ids[i] = i;
-  __syncthreads();
-  for (int s = 0; s < k; ++s) {
-    float bv;
-    int bi;
-    block_argmax(vals, ids, len, &bv, &bi);
-    if (threadIdx.x == 0) {
-      const bool valid = bi != INT32_MAX;
-      cand_pos[(size_t)blockIdx.x * k + s] = valid ? base + bi : -1;
-      cand_val[(size_t)blockIdx.x * k + s] = valid ? bv : -INFINITY;
-      if (valid) ids[bi] = -1;
-    }
-    __syncthreads();
-  }
-}
-
-// Stage 2 (one block): the k best of the candidates, written in ascending position order
-// (src/specache.h select_topk: min(n, k) positions, ties to the lower position). *count: how many.
-__global__ void topk_merge_kernel(float *__restrict__ cand_val, int *__restrict__ cand_pos, int n_cand, int k,
-                                  int *__restrict__ out, int *__restrict__ count) {
-  __shared__ int chosen[1024];
-  __shared__ int n_chosen;
-  if (threadIdx.x == 0) n_chosen = 0;
-  __syncthreads();
-  for (int s = 0; s < k && s < 1024; ++s) {
-    float bv;
-    int bi;
-    block_argmax(cand_val, cand_pos, n_cand, &bv, &bi);
-    if (bi == INT32_MAX) break;  // every candidate taken (n < k)
-    if (threadIdx.x == 0) {
-      chosen[n_chosen++] = bi;
-      for (int i = 0; i < n_cand; ++i)
-        if (cand_pos[i] == bi) {
-          cand_pos[i] = -1;  // taken
-          break;
-        }
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    const int m = n_chosen;
-    for (int i = 1; i < m; ++i) {  // insertion sort: k is small
-      const int x = chosen[i];
-      int j = i - 1;
-      while (j >= 0 && chosen[j] > x) {
-        chosen[j + 1] = chosen[j];
-        --j;
-      }
-      chosen[j + 1] = x;
-    }
-    for (int i = 0; i < m; ++i) out[i] = chosen[i];
-    *count = m;
-  }
-}
-
 // dst[i] = *src_rows[i] (hd fp16 each): src_rows are device pointers to pinned, mapped host
 // rows, so the copy is a zero-copy read over PCIe. One block per row, 8 bytes a thread.
 __global__ void gather_rows_kernel(const uint16_t *const *__restrict__ src_rows, uint16_t *__restrict__ dst, int hd) {
@@ -338,6 +228,90 @@ __global__ void gather_rows_kernel(const uint16_t *const *__restrict__ src_rows,
   } else {
     for (int i = threadIdx.x; i < hd; i += blockDim.x) d[i] = src[i];
   }
+}
+
+namespace {
+// A float's bits as an unsigned key in the same order (-inf lowest).
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix sum over the block (blockDim.x values, one a thread); *total gets the sum.
+__device__ int block_exclusive_scan(int v, int *buf, int *total) {
+  const int t = threadIdx.x;
+  buf[t] = v;
+  __syncthreads();
+  for (int off = 1; off < blockDim.x; off <<= 1) {
+    const int add = t >= off ? buf[t - off] : 0;
+    __syncthreads();
+    buf[t] += add;
+    __syncthreads();
+  }
+  const int incl = buf[t];
+  *total = buf[blockDim.x - 1];
+  __syncthreads();
+  return incl - v;
+}
+}  // namespace
+
+// Top-k by radix select in one block: four 8-bit histogram passes find the k-th largest
+// key T and how many keys equal to T are taken (the lowest positions, as select_topk);
+// then every thread walks its own run of positions and writes the chosen ones at their
+// rank, so the output is in ascending position order. O(n) reads, no sorting.
+__global__ void topk_radix_kernel(const float *__restrict__ score, int n, int k, int *__restrict__ out,
+                                  int *__restrict__ count) {
+  __shared__ int hist[256];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining;
+  __shared__ int scan[1024];
+  const int t = threadIdx.x, nt = blockDim.x;
+  if (n <= k) {  // all of them
+    for (int i = t; i < n; i += nt) out[i] = i;
+    if (t == 0) *count = n;
+    return;
+  }
+  uint32_t prefix = 0, mask = 0;
+  if (t == 0) s_remaining = k;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = t; b < 256; b += nt) hist[b] = 0;
+    __syncthreads();
+    for (int i = t; i < n; i += nt) {
+      const uint32_t u = order_key(score[i]);
+      if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (t == 0) {
+      int cum = 0, rem = s_remaining, b = 255;
+      for (; b > 0; --b) {
+        if (cum + hist[b] >= rem) break;
+        cum += hist[b];
+      }
+      s_remaining = rem - cum;  // still to take from bin b
+      s_prefix = prefix | ((uint32_t)b << shift);
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    mask |= 255u << shift;
+  }
+  const uint32_t T = prefix;
+  const int need_eq = s_remaining;  // keys equal to T to take, lowest positions first
+  const int chunk = (n + nt - 1) / nt, i0 = min(n, t * chunk), i1 = min(n, i0 + chunk);
+  int gt = 0, eq = 0;
+  for (int i = i0; i < i1; ++i) {
+    const uint32_t u = order_key(score[i]);
+    gt += u > T;
+    eq += u == T;
+  }
+  int total;
+  const int gt_before = block_exclusive_scan(gt, scan, &total);
+  const int eq_before = block_exclusive_scan(eq, scan, &total);
+  int rank = gt_before + min(eq_before, need_eq), eq_seen = eq_before;
+  for (int i = i0; i < i1; ++i) {
+    const uint32_t u = order_key(score[i]);
+    if (u > T || (u == T && eq_seen++ < need_eq)) out[rank++] = i;
+  }
+  if (t == 0) *count = k;
 }
 
 // ---------------------------------------------------------------- launchers
@@ -407,18 +381,13 @@ int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half 
   return SPECODE_OK;
 }
 
-int32_t topk(const float *score, int n, int k, int *cand_pos, float *cand_val, int *out, int *count,
-             cudaStream_t stream) {
-  constexpr int kChunk = 4096;
+int32_t topk(const float *score, int n, int k, int *out, int *count, cudaStream_t stream) {
   if (k <= 0 || k > 1024 || n < 0) return SPECODE_ERR_ARGUMENT;
-  const int chunks = (n + kChunk - 1) / kChunk;
-  if (chunks == 0) {
+  if (n == 0) {
     CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int), stream));
     return SPECODE_OK;
   }
-  topk_chunk_kernel<<<chunks, 256, kChunk * (sizeof(float) + sizeof(int)), stream>>>(score, n, k, kChunk, cand_pos, cand_val);
-  CUDA_CHECK_LAUNCH();
-  topk_merge_kernel<<<1, 256, 0, stream>>>(cand_val, cand_pos, chunks * k, k, out, count);
+  topk_radix_kernel<<<1, 1024, 0, stream>>>(score, n, k, out, count);
   CUDA_CHECK_LAUNCH();
   return SPECODE_OK;
 }

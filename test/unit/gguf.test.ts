@@ -234,3 +234,35 @@ describe('readGguf', () => {
     });
   }
 });
+
+// scripts/gguf_skeleton.py: the stand-in a GPU machine gets for a model too large to carry —
+// the same header and tensor table, other weights, and the engine must run it.
+describe('gguf_skeleton.py stand-ins', () => {
+  const real = findModel('smollm2-135m');
+  test('make + inflate keeps the header and tensor table, replaces the weights, and the engine runs it', { skip: real ? false : modelMissingMessage('smollm2-135m') }, async () => {
+    const { spawnSync } = await import('node:child_process');
+    const { readFileSync } = await import('node:fs');
+    const skel = join(dir, 'smol.skel'), fake = join(dir, 'smol-random.gguf');
+    for (const args of [['make', real!, skel], ['inflate', skel, fake, '--seed', '3']]) {
+      const r = spawnSync('python3', [join(__dirname, '..', '..', 'scripts', 'gguf_skeleton.py'), ...args], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+    }
+    const a = await readGguf(real!), b = await readGguf(fake);
+    assert.equal(statSync(skel).size, a.dataOffset, 'the skeleton is the header, padding included');
+    assert.equal(b.fileSize, a.fileSize);
+    assert.deepEqual(b.tensors, a.tensors.map((t) => ({ ...t })));
+    assert.deepEqual([...b.metadata.keys()], [...a.metadata.keys()]);
+    const ra = readFileSync(real!), rb = readFileSync(fake);
+    assert.ok(ra.subarray(0, a.dataOffset).equals(rb.subarray(0, a.dataOffset)), 'header bytes equal');
+    assert.ok(!ra.subarray(a.dataOffset, a.dataOffset + 4096).equals(rb.subarray(a.dataOffset, a.dataOffset + 4096)), 'weights differ');
+    const { Session } = await import('../../server/src/engine/session');
+    const s = await Session.open(fake, { nCtx: 64, threads: 1 });
+    try {
+      const logits = (await s.ctx.decode(Int32Array.of(1, 2, 3, 4), {}))!;
+      assert.equal(logits.length, s.info.nVocab);
+      assert.ok(logits.every(Number.isFinite), 'finite logits from random weights with valid block scales');
+    } finally {
+      s.close();
+    }
+  });
+});

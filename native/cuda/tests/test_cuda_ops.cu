@@ -151,14 +151,11 @@ void topk_matches_cpu(int n, int k) {
   for (int i = 0; i < n; i += 7) score[i] = -INFINITY;  // select_topk returns -inf positions too when n is small
   std::vector<int32_t> want(std::min(n, k));
   const int nw = specode::select_topk(score.data(), n, k, want.data());
-  float *ds = to_device(score), *cv;
-  int *cp, *out, *count;
-  const int chunks = (n + 4095) / 4096;
-  CK(cudaMalloc(&cp, (size_t)chunks * k * sizeof(int)));
-  CK(cudaMalloc(&cv, (size_t)chunks * k * sizeof(float)));
+  float *ds = to_device(score);
+  int *out, *count;
   CK(cudaMalloc(&out, (size_t)k * sizeof(int)));
   CK(cudaMalloc(&count, sizeof(int)));
-  const int st = specode::cuda::topk(ds, n, k, cp, cv, out, count, 0);
+  const int st = specode::cuda::topk(ds, n, k, out, count, 0);
   CK(cudaDeviceSynchronize());
   const int got_n = to_host(count, 1)[0];
   auto got = to_host(out, (size_t)std::max(got_n, 0));
@@ -167,7 +164,7 @@ void topk_matches_cpu(int n, int k) {
   char detail[120];
   std::snprintf(detail, sizeof detail, "n %d k %d: status %d, %d picked (CPU %d)", n, k, st, got_n, nw);
   report("topk_matches_cpu", same, detail);
-  for (void *ptr : {(void *)ds, (void *)cv, (void *)cp, (void *)out, (void *)count}) cudaFree(ptr);
+  for (void *ptr : {(void *)ds, (void *)out, (void *)count}) cudaFree(ptr);
 }
 
 void gather_from_pinned_host() {
@@ -634,6 +631,8 @@ int main() {
   topk_matches_cpu(1000, 64);
   topk_matches_cpu(20000, 64);
   topk_matches_cpu(50, 64);
+  topk_matches_cpu(131072, 256);  // a 128k context, rerank 4 × k 64
+  topk_matches_cpu(300, 300);
   gather_from_pinned_host();
   fp16_piece_and_merge_match_cpu();
   for (int n_q : {1, 2, 37})
@@ -646,20 +645,31 @@ int main() {
       forward_matches_cpu(tiny.model, "tiny F32 llama", tinygguf::prompt(24, 5), 32, 1e-4);
       // The CPU side in fp32 throughout (no bf16 dot products), as the device computes.
       specode::lowbit_force_fp32(true);
-      using specode::cuda::DeviceKvConfig;
-      using specode::cuda::DevicePolicy;
-      DeviceKvConfig full, offload, spec2, spec1;
-      offload.policy = DevicePolicy::OffloadAll;
-      spec2.policy = spec1.policy = DevicePolicy::Specache;
-      spec2.topk = spec1.topk = 16;
-      spec1.bits = 1;
-      policy_matches_cpu(tiny.model, "tiny, full, batched prefill of 600", full, 600, 32, 1e-4);
-      policy_matches_cpu(tiny.model, "tiny, offload-all", offload, 600, 32, 1e-4);
-      policy_matches_cpu(tiny.model, "tiny, specache 2-bit k 16", spec2, 600, 48, 1e-3);
-      policy_matches_cpu(tiny.model, "tiny, specache 1-bit k 16", spec1, 600, 48, 1e-3);
       specache_with_all_rows_is_full(tiny.model);
     } else {
       report("forward_matches_cpu", false, "tiny model did not load");
+    }
+  }
+  {
+    // Eight layers, so the copy stream's per-layer events are exercised across a real depth.
+    tinygguf::TinyFile tiny8(8, "cuda8");
+    if (tiny8.model) {
+      using specode::cuda::DeviceKvConfig;
+      using specode::cuda::DevicePolicy;
+      DeviceKvConfig full, offload, spec2, spec1, slow;
+      offload.policy = DevicePolicy::OffloadAll;
+      spec2.policy = spec1.policy = slow.policy = DevicePolicy::Specache;
+      spec2.topk = spec1.topk = slow.topk = 16;
+      spec2.debias = spec1.debias = slow.debias = specode::lowbit_debias_default();  // as the CPU's
+      spec1.bits = 1;
+      slow.fetch_delay_us = 300;  // every fetch lands late: the waits, not luck, must order the streams
+      policy_matches_cpu(tiny8.model, "tiny 8 layers, full, batched prefill of 600", full, 600, 32, 1e-4);
+      policy_matches_cpu(tiny8.model, "tiny 8 layers, offload-all", offload, 600, 32, 1e-4);
+      policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 2-bit k 16", spec2, 600, 48, 1e-3);
+      policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 1-bit k 16", spec1, 600, 48, 1e-3);
+      policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 2-bit k 16, fetch 300 us late", slow, 600, 24, 1e-3);
+    } else {
+      report("policy_matches_cpu", false, "tiny 8-layer model did not load");
     }
   }
   // A real GGUF (e.g. smollm2-135m, qwen2.5-coder-0.5b): SPECODE_CUDA_TEST_MODEL=path. Activations
