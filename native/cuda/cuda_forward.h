@@ -69,7 +69,7 @@ struct DeviceMemory {
   uint64_t kv_lowbit = 0, kv_residual = 0;  // specache's parts of kv
   uint64_t buffers = 0;      // prefetch buffer (specache) or per-layer staging (offload-all)
   uint64_t activations = 0;  // per-step buffers, logits and attention work space
-  uint64_t prefill = 0;      // transient during a prefill: the pass's fp16 K/V (host policies) + batch buffers
+  uint64_t prefill = 0;      // transient during a prefill: one layer's rows staged (specache)
   uint64_t host_pinned = 0;  // the fp16 rows in pinned host RAM (host policies)
   uint64_t free = 0, total = 0;  // the device's, as cudaMemGetInfo says
   uint64_t resident() const { return weights + kv + buffers + activations; }
@@ -142,12 +142,13 @@ class DeviceContext {
   float *gate_ = nullptr, *up_ = nullptr, *logits_ = nullptr, *inv_freq_ = nullptr, *work_ = nullptr;
   size_t work_floats_ = 0;
   int *pos_ = nullptr, *tok_ = nullptr;
-  // K/V rows, [n_layer][n_head_kv][n_ctx][hd] fp16: in VRAM (full; a prefill's transient copy
-  // for the host policies) or pinned host RAM mapped into the device's address space.
+  // K/V rows, [n_layer][n_head_kv][n_ctx][hd] fp16: in VRAM (full) or pinned host RAM mapped
+  // into the device's address space (the host policies).
   __half *kdev_ = nullptr, *vdev_ = nullptr;
   __half *khost_ = nullptr, *vhost_ = nullptr;        // host pointers (pinned)
   __half *khost_d_ = nullptr, *vhost_d_ = nullptr;    // the same, as device pointers
-  // offload-all: one layer's rows staged in VRAM, [n_head_kv][n_ctx][hd].
+  // One layer's rows staged in VRAM, [n_head_kv][n_ctx][hd]: offload-all's every step, and
+  // specache's during a prefill only (allocated and freed by prefill()).
   __half *kstage_ = nullptr, *vstage_ = nullptr;
   // specache, per (layer, KV head): the low-bit stream, residual, prefetch buffer.
   struct LowbitDev {

@@ -145,10 +145,6 @@ DeviceContext::~DeviceContext() {
   if (copy_) cudaStreamSynchronize(copy_);
   if (stream_) cudaStreamSynchronize(stream_);
   for (void *p : allocs_) cudaFree(p);
-  if (kdev_ && cfg_.policy != DevicePolicy::Full) {
-    cudaFree(kdev_);
-    cudaFree(vdev_);
-  }
   if (khost_) cudaFreeHost(khost_);
   if (vhost_) cudaFreeHost(vhost_);
   for (auto *evs : {&ev_attn_, &ev_fetch_, &ev_wait0_, &ev_wait1_})
@@ -175,13 +171,12 @@ DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx, const Devi
     case DevicePolicy::OffloadAll:
       m.host_pinned = rows_kv;
       m.buffers = rows_kv / L;  // one layer staged
-      m.prefill = rows_kv;
       break;
     case DevicePolicy::Specache: {
       const int R = cfg.residual, K = cfg.topk, keep = std::max(1, K) * std::max(1, cfg.rerank);
       const uint64_t rows_sel = (uint64_t)kMaxStepTokens * G;
       m.host_pinned = rows_kv;
-      m.prefill = rows_kv;
+      m.prefill = rows_kv / L;  // a prefill stages one layer's rows
       m.kv_lowbit = L * NKV * LowbitStream::bytes_for(LowbitConfig{(int)HD, cfg.bits, cfg.group, cfg.debias}, n / cfg.group * cfg.group);
       m.kv_residual = 2ull * L * NKV * R * HD * sizeof(__half);
       m.kv = m.kv_lowbit + m.kv_residual;
@@ -299,26 +294,19 @@ int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host)
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) return SPECODE_ERR_ARGUMENT;
   CUDA_CHECK(cudaStreamSynchronize(copy_));
-  const bool host = cfg_.policy != DevicePolicy::Full;
-  const int L = hp.n_layer, KV = hp.n_head_kv * hp.head_dim;
-  const size_t rows_bytes = (size_t)L * KV * n_ctx_ * sizeof(__half);
-  if (host) {
-    // The pass attends exactly over fp16 rows in VRAM: a transient copy of every row
-    // (the earlier ones copied up from the host), freed when the pass ends.
-    if (cudaMalloc((void **)&kdev_, rows_bytes) != cudaSuccess || cudaMalloc((void **)&vdev_, rows_bytes) != cudaSuccess) {
+  // specache attends a prefill exactly the way offload-all decodes: per layer, the earlier rows
+  // copied from the pinned host rows into a one-layer staging buffer in VRAM (transient here,
+  // freed when the pass ends), so a prefill never needs the whole cache on the device.
+  const bool transient = cfg_.policy == DevicePolicy::Specache;
+  const size_t layer_bytes = (size_t)hp.n_head_kv * hp.head_dim * n_ctx_ * sizeof(__half);
+  if (transient) {
+    if (cudaMalloc((void **)&kstage_, layer_bytes) != cudaSuccess || cudaMalloc((void **)&vstage_, layer_bytes) != cudaSuccess) {
       cudaGetLastError();
-      if (kdev_) cudaFree(kdev_);
-      kdev_ = vdev_ = nullptr;
-      set_error(__FILE__, __LINE__, ("a prefill needs " + mib(2 * rows_bytes) + " of VRAM for its K/V rows").c_str(),
+      if (kstage_) cudaFree(kstage_);
+      kstage_ = vstage_ = nullptr;
+      set_error(__FILE__, __LINE__, ("a prefill needs " + mib(2 * layer_bytes) + " of VRAM for one layer's rows").c_str(),
                 cudaErrorMemoryAllocation);
       return SPECODE_ERR_NOMEM;
-    }
-    if (n_past_ > 0) {
-      const size_t row = (size_t)hp.head_dim * sizeof(__half);
-      CUDA_CHECK(cudaMemcpy2DAsync(kdev_, (size_t)n_ctx_ * row, khost_, (size_t)n_ctx_ * row, (size_t)n_past_ * row,
-                                   (size_t)L * hp.n_head_kv, cudaMemcpyHostToDevice, stream_));
-      CUDA_CHECK(cudaMemcpy2DAsync(vdev_, (size_t)n_ctx_ * row, vhost_, (size_t)n_ctx_ * row, (size_t)n_past_ * row,
-                                   (size_t)L * hp.n_head_kv, cudaMemcpyHostToDevice, stream_));
     }
   }
   struct FreeTransient {  // on every way out
@@ -327,11 +315,11 @@ int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host)
     ~FreeTransient() {
       if (!on) return;
       cudaStreamSynchronize(c->stream_);
-      cudaFree(c->kdev_);
-      cudaFree(c->vdev_);
-      c->kdev_ = c->vdev_ = nullptr;
+      cudaFree(c->kstage_);
+      cudaFree(c->vstage_);
+      c->kstage_ = c->vstage_ = nullptr;
     }
-  } free_transient{this, host};
+  } free_transient{this, transient};
   int32_t st = SPECODE_OK;
   for (int b0 = 0; b0 < n && st == SPECODE_OK; b0 += kPrefillBatch) {
     const int nb = std::min(kPrefillBatch, n - b0);
@@ -441,20 +429,16 @@ int32_t DeviceContext::run_layers(int n, int pos0, int n_keep, int select_row, b
     auto store = [&](__half *dst, const float *src, int count) {
       store_rows_kernel<<<blocks_for((size_t)count * KV), 256, 0, s>>>(src, dst, NKV, HD, head_stride, pos0, count);
     };
-    if (prefill || cfg_.policy == DevicePolicy::Full) {
-      // Every row of the pass into the VRAM rows (a speculative row is overwritten later);
-      // the host policies also keep the pass's rows in the host's.
+    if (cfg_.policy == DevicePolicy::Full) {
+      // Every row of the pass into the VRAM rows (a speculative row is overwritten later).
       store(kdev_ + layer_off, k_, n);
       store(vdev_ + layer_off, v_, n);
-      if (cfg_.policy != DevicePolicy::Full) {
-        store(khost_d_ + layer_off, k_, n_keep);
-        store(vhost_d_ + layer_off, v_, n_keep);
-      }
       CUDA_CHECK_LAUNCH();
       RUN(flash_attend(KvView{kdev_ + layer_off, vdev_ + layer_off, head_stride}, NH, NKV, HD, q_, n, pos0, pos0 + n, att_,
                        work_, work_floats_, s));
-    } else if (cfg_.policy == DevicePolicy::OffloadAll) {
-      // The naive baseline: every row of the layer over the bus, then exact attention.
+    } else if (prefill || cfg_.policy == DevicePolicy::OffloadAll) {
+      // offload-all's decode (the naive baseline) and every host policy's prefill: the
+      // layer's earlier rows over the bus into the staging buffer, then exact attention.
       store(khost_d_ + layer_off, k_, n_keep);
       store(vhost_d_ + layer_off, v_, n_keep);
       store(kstage_, k_, n);

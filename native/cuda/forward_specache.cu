@@ -203,7 +203,8 @@ int32_t DeviceContext::init_specache() {
 }
 
 // After a prefill: the low-bit copy and residual as a pure function of the rows (the residual
-// invariant of src/specache.h), built from the pass's transient VRAM rows; nothing fetched.
+// invariant of src/specache.h), built from the pinned host rows (read once over the bus);
+// nothing fetched.
 int32_t DeviceContext::rebuild_lowbit() {
   const Hparams &hp = model_.hp;
   const int NKV = hp.n_head_kv, HD = hp.head_dim, L = hp.n_layer, g = cfg_.group, R = cfg_.residual, bits = cfg_.bits;
@@ -219,8 +220,8 @@ int32_t DeviceContext::rebuild_lowbit() {
       for (int t0 = 0; t0 < n_lowbit_; t0 += chunk) {
         const int nt = std::min(chunk, n_lowbit_ - t0);
         float *fk = flush_, *fv = flush_ + (size_t)std::max(std::max(4096, R), g) * HD;
-        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(kdev_ + base + (size_t)t0 * HD, fk, (size_t)nt * HD);
-        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(vdev_ + base + (size_t)t0 * HD, fv, (size_t)nt * HD);
+        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(khost_d_ + base + (size_t)t0 * HD, fk, (size_t)nt * HD);
+        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(vhost_d_ + base + (size_t)t0 * HD, fv, (size_t)nt * HD);
         CUDA_CHECK_LAUNCH();
         const int32_t st = lowbit_quantize(fk, fv, nt, g, HD, bits, d.kcodes + (size_t)(t0 / g) * HD * g * bits / 8,
                                            d.kscale + (size_t)(t0 / g) * HD, d.kzero + (size_t)(t0 / g) * HD,
@@ -230,10 +231,10 @@ int32_t DeviceContext::rebuild_lowbit() {
       }
       if (resid_n_ > 0) {
         const size_t r0 = lh(l, h) * R * HD;
-        CUDA_CHECK(cudaMemcpyAsync(rk_ + r0, kdev_ + base + (size_t)n_lowbit_ * HD, (size_t)resid_n_ * HD * sizeof(__half),
-                                   cudaMemcpyDeviceToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(rv_ + r0, vdev_ + base + (size_t)n_lowbit_ * HD, (size_t)resid_n_ * HD * sizeof(__half),
-                                   cudaMemcpyDeviceToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(rk_ + r0, khost_ + base + (size_t)n_lowbit_ * HD, (size_t)resid_n_ * HD * sizeof(__half),
+                                   cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(rv_ + r0, vhost_ + base + (size_t)n_lowbit_ * HD, (size_t)resid_n_ * HD * sizeof(__half),
+                                   cudaMemcpyHostToDevice, s));
       }
     }
   CUDA_CHECK(cudaMemsetAsync(pbits_, 0, (size_t)L * NKV * words_ * 8, s));
