@@ -112,6 +112,20 @@ __global__ void delay_kernel(long long ns) {
   }
 }
 
+// Block h: KV head h's select rows [row0, row0 + G) of qg [NKV][rows_max][hd] and of the merged
+// totals m, l [NKV][rows_max] to qsel [NKV][G][hd], msel, lsel [NKV][G].
+__global__ void save_select_kernel(const float *__restrict__ qg, const float *__restrict__ m, const float *__restrict__ l,
+                                   int rows_max, int row0, int group, int hd, float *__restrict__ qsel,
+                                   float *__restrict__ msel, float *__restrict__ lsel) {
+  const int h = blockIdx.x;
+  const size_t src = (size_t)h * rows_max + row0;
+  for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qsel[(size_t)h * group * hd + i] = qg[src * hd + i];
+  for (int i = threadIdx.x; i < group; i += blockDim.x) {
+    msel[h * group + i] = m[src + i];
+    lsel[h * group + i] = l[src + i];
+  }
+}
+
 // chosen[i] = wide[pick[i]] for i < count.
 __global__ void map_pick_kernel(const int *__restrict__ wide, const int *pick, int count, int *chosen) {  // pick may be chosen
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -327,12 +341,9 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
   if (select_row < 0 || cfg_.topk <= 0) return SPECODE_OK;
   // What the copy stream reads after this layer's attention: the select row's queries and
   // its softmax totals (kept per layer, so the next layers can go on).
-  for (int h = 0; h < NKV; ++h) {
-    const size_t sel = (size_t)h * rows_max + (size_t)select_row * G, dst = lh(layer, h) * G;
-    CUDA_CHECK(cudaMemcpyAsync(qsel_ + dst * HD, qg_ + sel * HD, (size_t)G * HD * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CUDA_CHECK(cudaMemcpyAsync(msel_ + dst, pb_m_ + sel, G * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CUDA_CHECK(cudaMemcpyAsync(lsel_ + dst, pb_l_ + sel, G * sizeof(float), cudaMemcpyDeviceToDevice, s));
-  }
+  save_select_kernel<<<NKV, 128, 0, s>>>(qg_, pb_m_, pb_l_, rows_max, select_row * G, G, HD, qsel_ + lh(layer, 0) * G * HD,
+                                         msel_ + lh(layer, 0) * G, lsel_ + lh(layer, 0) * G);
+  CUDA_CHECK_LAUNCH();
   CUDA_CHECK(cudaEventRecord(ev_attn_[layer], s));
   return select_and_fetch(layer, nq, nr);
 }
@@ -350,6 +361,8 @@ int32_t DeviceContext::select_and_fetch(int layer, int n_lowbit_now, int resid_n
   const int64_t head_stride = (int64_t)n_ctx_ * HD;
   cudaStream_t c = copy_;
   CUDA_CHECK(cudaStreamWaitEvent(c, ev_attn_[layer], 0));
+  // The layer's bitsets (every KV head's, contiguous) cleared once; the gathers set them.
+  CUDA_CHECK(cudaMemsetAsync(pbits_ + lh(layer, 0) * words_, 0, (size_t)NKV * words_ * 8, c));
   if (cfg_.fetch_delay_us > 0) {
     delay_kernel<<<1, 1, 0, c>>>((long long)cfg_.fetch_delay_us * 1000);
     CUDA_CHECK_LAUNCH();
@@ -386,7 +399,6 @@ int32_t DeviceContext::select_and_fetch(int layer, int n_lowbit_now, int resid_n
         chosen = pick_;
         step_fetch_bytes_ += (uint64_t)n_wide * HD * sizeof(__half);
       }
-      CUDA_CHECK(cudaMemsetAsync(pbits_ + i * words_, 0, (size_t)words_ * 8, c));
       gather_positions_kernel<<<n_pick, 32, 0, c>>>(khost_d_ + (size_t)i * head_stride, vhost_d_ + (size_t)i * head_stride,
                                                     chosen, HD, pk_ + i * K * HD, pv_ + i * K * HD, ppos_ + i * K,
                                                     reinterpret_cast<unsigned long long *>(pbits_ + i * words_));
@@ -394,7 +406,6 @@ int32_t DeviceContext::select_and_fetch(int layer, int n_lowbit_now, int resid_n
       step_fetch_bytes_ += 2ull * n_pick * HD * sizeof(__half);
       pre_n_[i] = n_pick;
     } else {
-      CUDA_CHECK(cudaMemsetAsync(pbits_ + i * words_, 0, (size_t)words_ * 8, c));
       pre_n_[i] = 0;
     }
   }
