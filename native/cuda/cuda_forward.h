@@ -155,7 +155,8 @@ class DeviceContext {
     uint8_t *kcodes, *vcodes;
     __half *kscale, *kzero, *vscale, *vzero;
   };
-  std::vector<LowbitDev> lowbit_;
+  std::vector<LowbitDev> lowbit_;                     // [n_layer][n_head_kv]: one allocation per layer and array
+  int64_t lv_stride_[3] = {0, 0, 0};                  // between heads: codes (bytes), key params, value params (halves)
   __half *rk_ = nullptr, *rv_ = nullptr;              // [n_layer][n_head_kv][R][hd]
   __half *newk_ = nullptr, *newv_ = nullptr;          // [n_head_kv][kMaxStepTokens][hd] unkept tokens
   __half *pk_ = nullptr, *pv_ = nullptr;              // [n_layer][n_head_kv][topk][hd] prefetch buffers

@@ -184,8 +184,8 @@ DeviceMemory DeviceContext::plan(const DeviceModel &model, int n_ctx, const Devi
       m.buffers = 2ull * L * NKV * K * HD * sizeof(__half) + L * NKV * (K * sizeof(int) + words * 8) +
                   2ull * NKV * kMaxStepTokens * HD * sizeof(__half);
       // Attention pieces and the selection's space (copy stream).
-      work = std::max(work, lowbit_work_floats((int)rows_sel, (int)HD, n_ctx));
-      m.activations += (NKV * rows_sel * HD * 3 + NKV * rows_sel * 4 + rows_sel * n + L * NKV * G * (HD + 2) + G * n + n +
+      work = std::max(work, NKV * lowbit_work_floats((int)rows_sel, (int)HD, n_ctx));
+      m.activations += (NKV * rows_sel * HD * 3 + NKV * rows_sel * 4 + NKV * rows_sel * n + L * NKV * G * (HD + 2) + G * n + n +
                         (uint64_t)keep + 2ull * std::max<uint64_t>(4096, R) * HD) * sizeof(float) +
                        (rows_sel + 2ull * keep + 2) * sizeof(int);
       break;
@@ -261,7 +261,7 @@ int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceK
     if (st == SPECODE_OK) st = c->alloc(bytes, ptr);
   c->work_floats_ = std::max(flash_work_floats(B, NH, HD, n_ctx), flash_work_floats(kMaxStepTokens, NH, HD, n_ctx));
   if (cfg.policy == DevicePolicy::Specache)
-    c->work_floats_ = std::max(c->work_floats_, lowbit_work_floats(kMaxStepTokens * G, HD, n_ctx));
+    c->work_floats_ = std::max(c->work_floats_, (size_t)NKV * lowbit_work_floats(kMaxStepTokens * G, HD, n_ctx));
   if (st == SPECODE_OK) st = c->alloc(c->work_floats_ * f, (void **)&c->work_);
   if (st != SPECODE_OK) return st;
   const size_t rows_bytes = (size_t)L * KV * n_ctx * sizeof(__half);

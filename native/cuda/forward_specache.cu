@@ -166,14 +166,25 @@ int32_t DeviceContext::init_specache() {
   auto a = [&](size_t bytes, void **p) {
     if (st == SPECODE_OK) st = alloc(bytes, p);
   };
+  // One allocation per array and layer, the KV heads' streams at fixed strides, so a launch
+  // covers every head of a layer (LowbitView).
   lowbit_.resize((size_t)L * NKV);
-  for (LowbitDev &d : lowbit_) {
-    a((size_t)cap * HD * bits / 8, (void **)&d.kcodes);
-    a((size_t)(cap / g) * HD * sizeof(__half), (void **)&d.kscale);
-    a((size_t)(cap / g) * HD * sizeof(__half), (void **)&d.kzero);
-    a((size_t)cap * HD * bits / 8, (void **)&d.vcodes);
-    a((size_t)cap * (HD / vg) * sizeof(__half), (void **)&d.vscale);
-    a((size_t)cap * (HD / vg) * sizeof(__half), (void **)&d.vzero);
+  lv_stride_[0] = cap * HD * bits / 8;         // key and value codes, bytes
+  lv_stride_[1] = (cap / g) * HD;              // key scales and zeros, halves
+  lv_stride_[2] = cap * (HD / vg);             // value scales and zeros, halves
+  for (int l = 0; l < L; ++l) {
+    LowbitDev b{};
+    a((size_t)NKV * lv_stride_[0], (void **)&b.kcodes);
+    a((size_t)NKV * lv_stride_[1] * sizeof(__half), (void **)&b.kscale);
+    a((size_t)NKV * lv_stride_[1] * sizeof(__half), (void **)&b.kzero);
+    a((size_t)NKV * lv_stride_[0], (void **)&b.vcodes);
+    a((size_t)NKV * lv_stride_[2] * sizeof(__half), (void **)&b.vscale);
+    a((size_t)NKV * lv_stride_[2] * sizeof(__half), (void **)&b.vzero);
+    if (st != SPECODE_OK) return st;
+    for (int h = 0; h < NKV; ++h)
+      lowbit_[lh(l, h)] = LowbitDev{b.kcodes + h * lv_stride_[0], b.vcodes + h * lv_stride_[0],
+                                    b.kscale + h * lv_stride_[1], b.kzero + h * lv_stride_[1],
+                                    b.vscale + h * lv_stride_[2], b.vzero + h * lv_stride_[2]};
   }
   const size_t h = sizeof(__half), f = sizeof(float);
   a((size_t)L * NKV * R * HD * h, (void **)&rk_);
@@ -189,7 +200,7 @@ int32_t DeviceContext::init_specache() {
   for (float **p : {&pa_m_, &pa_l_, &pb_m_, &pb_l_}) a((size_t)NKV * rows_max * f, (void **)p);
   a((size_t)NKV * rows_max * HD * f, (void **)&pa_acc_);
   a((size_t)NKV * rows_max * HD * f, (void **)&pb_acc_);
-  a((size_t)rows_max * n_ctx_ * f, (void **)&scores_);
+  a((size_t)NKV * rows_max * n_ctx_ * f, (void **)&scores_);
   a((size_t)rows_max * sizeof(int), (void **)&visible_);
   a((size_t)L * NKV * G * HD * f, (void **)&qsel_);
   a((size_t)L * NKV * G * f, (void **)&msel_);
@@ -311,30 +322,43 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
     vis_n_ = n;
     vis_keep_ = n_keep;
   }
-  int32_t st;
-  for (int h = 0; h < NKV; ++h) {
-    const size_t i = lh(layer, h);
-    const float *q = qg_ + (size_t)h * rows_max * HD;
-    float *bm = pb_m_ + (size_t)h * rows_max, *bl = pb_l_ + (size_t)h * rows_max, *bacc = pb_acc_ + (size_t)h * rows_max * HD;
-    Fp16Segments seg{};
-    seg.k[0] = pk_ + i * std::max(1, cfg_.topk) * HD;
-    seg.v[0] = pv_ + i * std::max(1, cfg_.topk) * HD;
-    seg.n[0] = pre_n_[i];
-    seg.k[1] = rk_ + i * R * HD;
-    seg.v[1] = rv_ + i * R * HD;
-    seg.n[1] = nr;
-    seg.k[2] = newk_ + (size_t)h * kMaxStepTokens * HD;
-    seg.v[2] = newv_ + (size_t)h * kMaxStepTokens * HD;
-    seg.n[2] = n_new;
-    if ((st = fp16_attend(seg, q, rows, HD, visible_, bm, bl, bacc, s)) != SPECODE_OK) return st;
-    if (nq > 0) {
-      const LowbitDev &d = lowbit_[i];
-      float *am = pa_m_ + (size_t)h * rows_max, *al = pa_l_ + (size_t)h * rows_max, *aacc = pa_acc_ + (size_t)h * rows_max * HD;
-      if ((st = lowbit_attend(d.kcodes, d.kscale, d.kzero, d.vcodes, d.vscale, d.vzero, g, HD, bits, 0, nq, q, rows,
-                              pbits_ + i * words_, cfg_.debias, scores_, am, al, aacc, s, work_, work_floats_)) != SPECODE_OK)
-        return st;
-      if ((st = softmax_merge(bm, bl, bacc, am, al, aacc, rows, HD, s)) != SPECODE_OK) return st;
-    }
+  // Every KV head of the layer in one launch per kernel (heads at fixed strides; the fetched
+  // row count is the same for every head of a layer).
+  const size_t i0 = lh(layer, 0);
+  const int K = std::max(1, cfg_.topk);
+  Fp16Segments seg{};
+  seg.k[0] = pk_ + i0 * K * HD;
+  seg.v[0] = pv_ + i0 * K * HD;
+  seg.n[0] = pre_n_[i0];
+  seg.k[1] = rk_ + i0 * R * HD;
+  seg.v[1] = rv_ + i0 * R * HD;
+  seg.n[1] = nr;
+  seg.k[2] = newk_;
+  seg.v[2] = newv_;
+  seg.n[2] = n_new;
+  Fp16HeadStrides fs;
+  fs.seg[0] = (int64_t)K * HD;
+  fs.seg[1] = (int64_t)R * HD;
+  fs.seg[2] = (int64_t)kMaxStepTokens * HD;
+  fs.q = fs.acc = (int64_t)rows_max * HD;
+  fs.ml = rows_max;
+  int32_t st = fp16_attend_heads(seg, fs, NKV, qg_, rows, HD, visible_, pb_m_, pb_l_, pb_acc_, s);
+  if (st != SPECODE_OK) return st;
+  if (nq > 0) {
+    const LowbitDev &d = lowbit_[i0];
+    const LowbitView lv{d.kcodes, d.kscale, d.kzero, d.vcodes, d.vscale, d.vzero,
+                        lv_stride_[0], lv_stride_[1], lv_stride_[0], lv_stride_[2]};
+    HeadStrides hs;
+    hs.q = hs.acc = (int64_t)rows_max * HD;
+    hs.skip = words_;
+    hs.p = (int64_t)rows_max * n_ctx_;
+    hs.ml = rows_max;
+    if ((st = lowbit_attend_heads(lv, NKV, g, HD, bits, 0, nq, qg_, rows, pbits_ + i0 * words_, cfg_.debias, scores_, pa_m_,
+                                  pa_l_, pa_acc_, hs, s, work_, work_floats_)) != SPECODE_OK)
+      return st;
+    if ((st = softmax_merge_heads(pb_m_, pb_l_, pb_acc_, pa_m_, pa_l_, pa_acc_, rows, HD, NKV, rows_max,
+                                  (int64_t)rows_max * HD, s)) != SPECODE_OK)
+      return st;
   }
   regroup_kernel<<<blocks_for((size_t)n * NH * HD), 256, 0, s>>>(pb_acc_, att_, n, NH, G, HD, rows_max, 0);
   CUDA_CHECK_LAUNCH();

@@ -15,7 +15,18 @@ namespace specode::cuda {
 
 // One block per query row; scores in shared memory ([n_keys] floats).
 __global__ void fp16_attend_kernel(Fp16Segments seg, const float *__restrict__ q, int hd, const int *__restrict__ visible,
-                                   float *__restrict__ m_out, float *__restrict__ l_out, float *__restrict__ acc) {
+                                   float *__restrict__ m_out, float *__restrict__ l_out, float *__restrict__ acc,
+                                   Fp16HeadStrides st) {
+  // Head blockIdx.y: its segments, queries and outputs.
+  const int hh = blockIdx.y;
+  for (int i = 0; i < 3; ++i) {
+    seg.k[i] += hh * st.seg[i];
+    seg.v[i] += hh * st.seg[i];
+  }
+  q += hh * st.q;
+  m_out += hh * st.ml;
+  l_out += hh * st.ml;
+  acc += hh * st.acc;
   extern __shared__ float sc[];
   const int r = blockIdx.x;
   const int n0 = seg.n[0], n1 = seg.n[1], n2 = visible ? min(seg.n[2], visible[r]) : seg.n[2];
@@ -56,7 +67,14 @@ __global__ void fp16_attend_kernel(Fp16Segments seg, const float *__restrict__ q
 // Per row: (m_a, l_a, acc_a) ← the softmax over both pieces (src/lowbit.cpp softmax_merge).
 __global__ void softmax_merge_kernel(float *__restrict__ m_a, float *__restrict__ l_a, float *__restrict__ acc_a,
                                      const float *__restrict__ m_b, const float *__restrict__ l_b,
-                                     const float *__restrict__ acc_b, int hd) {
+                                     const float *__restrict__ acc_b, int hd, int64_t ml_stride, int64_t acc_stride) {
+  const int hh = blockIdx.y;
+  m_a += hh * ml_stride;
+  l_a += hh * ml_stride;
+  m_b += hh * ml_stride;
+  l_b += hh * ml_stride;
+  acc_a += hh * acc_stride;
+  acc_b += hh * acc_stride;
   const int r = blockIdx.x;
   const float ma = m_a[r], mb = m_b[r];
   if (mb == -INFINITY) return;
@@ -83,22 +101,36 @@ __global__ void softmax_merge_kernel(float *__restrict__ m_a, float *__restrict_
 
 // ---------------------------------------------------------------- launchers
 
-int32_t fp16_attend(const Fp16Segments &seg, const float *q, int n_rows, int hd, const int *visible, float *m, float *l,
-                    float *acc, cudaStream_t stream) {
+int32_t fp16_attend_heads(const Fp16Segments &seg, const Fp16HeadStrides &st, int n_heads, const float *q, int n_rows,
+                          int hd, const int *visible, float *m, float *l, float *acc, cudaStream_t stream) {
   const int n_keys = seg.n[0] + seg.n[1] + seg.n[2];
   if (n_rows <= 0) return SPECODE_OK;
-  if (hd <= 0 || n_keys < 0 || (size_t)n_keys * sizeof(float) > 48 * 1024) return SPECODE_ERR_ARGUMENT;
-  fp16_attend_kernel<<<n_rows, 128, (size_t)(n_keys > 0 ? n_keys : 1) * sizeof(float), stream>>>(seg, q, hd, visible, m, l, acc);
+  if (hd <= 0 || n_keys < 0 || (size_t)n_keys * sizeof(float) > 48 * 1024 || n_heads < 1 || n_heads > 65535)
+    return SPECODE_ERR_ARGUMENT;
+  fp16_attend_kernel<<<dim3(n_rows, n_heads), 128, (size_t)(n_keys > 0 ? n_keys : 1) * sizeof(float), stream>>>(
+      seg, q, hd, visible, m, l, acc, st);
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
+int32_t fp16_attend(const Fp16Segments &seg, const float *q, int n_rows, int hd, const int *visible, float *m, float *l,
+                    float *acc, cudaStream_t stream) {
+  return fp16_attend_heads(seg, Fp16HeadStrides{}, 1, q, n_rows, hd, visible, m, l, acc, stream);
+}
+
+int32_t softmax_merge_heads(float *m_a, float *l_a, float *acc_a, const float *m_b, const float *l_b, const float *acc_b,
+                            int n_rows, int hd, int n_heads, int64_t ml_stride, int64_t acc_stride, cudaStream_t stream) {
+  if (n_rows <= 0) return SPECODE_OK;
+  if (n_heads < 1 || n_heads > 65535) return SPECODE_ERR_ARGUMENT;
+  softmax_merge_kernel<<<dim3(n_rows, n_heads), 64, 0, stream>>>(m_a, l_a, acc_a, m_b, l_b, acc_b, hd, ml_stride,
+                                                                 acc_stride);
   CUDA_CHECK_LAUNCH();
   return SPECODE_OK;
 }
 
 int32_t softmax_merge(float *m_a, float *l_a, float *acc_a, const float *m_b, const float *l_b, const float *acc_b,
                       int n_rows, int hd, cudaStream_t stream) {
-  if (n_rows <= 0) return SPECODE_OK;
-  softmax_merge_kernel<<<n_rows, 64, 0, stream>>>(m_a, l_a, acc_a, m_b, l_b, acc_b, hd);
-  CUDA_CHECK_LAUNCH();
-  return SPECODE_OK;
+  return softmax_merge_heads(m_a, l_a, acc_a, m_b, l_b, acc_b, n_rows, hd, 1, 0, 0, stream);
 }
 
 }  // namespace specode::cuda

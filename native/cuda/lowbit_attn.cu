@@ -107,10 +107,17 @@ __global__ void quantize_values_kernel(const float *__restrict__ v, int n, int h
 // Scores of tokens [t0, t0 + n) (whole groups): one block per group, one thread per token.
 // q: [n_rows][hd] (already scaled by 1/sqrt(hd)); p: [n_rows][ldp], column j = token t0 + j.
 // Skipped positions get -inf; with debias each group's scores lose σ²/2 (src/lowbit.h).
-__global__ void lowbit_scores_kernel(const uint8_t *__restrict__ kcodes, const __half *__restrict__ kscale,
-                                     const __half *__restrict__ kzero, int g, int hd, int bits,
-                                     const float *__restrict__ q, int n_rows, const uint64_t *__restrict__ skip,
-                                     int t0, float *__restrict__ p, int64_t ldp, int debias) {
+__global__ void lowbit_scores_kernel(LowbitView lv, int g, int hd, int bits, const float *__restrict__ q, int n_rows,
+                                     const uint64_t *__restrict__ skip, int t0, float *__restrict__ p, int64_t ldp,
+                                     int debias, HeadStrides hs) {
+  // Head blockIdx.y: its stream, queries, skip set and scores.
+  const int hh = blockIdx.y;
+  const uint8_t *__restrict__ kcodes = lv.kcodes + hh * lv.kcodes_stride;
+  const __half *__restrict__ kscale = lv.kscale + hh * lv.kparam_stride;
+  const __half *__restrict__ kzero = lv.kzero + hh * lv.kparam_stride;
+  q += hh * hs.q;
+  if (skip) skip += hh * hs.skip;
+  p += hh * hs.p;
   extern __shared__ float sh[];
   float *qs = sh;                    // [n_rows][hd]
   float *sc = qs + (size_t)n_rows * hd;  // [hd] scales
@@ -147,8 +154,11 @@ __global__ void lowbit_scores_kernel(const uint8_t *__restrict__ kcodes, const _
 
 // Softmax piece per row (one block per row): m = max, p = exp(p - m) (0 where -inf), l = Σ p.
 __global__ void softmax_rows_kernel(float *__restrict__ p, int n, int64_t ldp, float *__restrict__ m,
-                                    float *__restrict__ l) {
-  float *row = p + (size_t)blockIdx.x * ldp;
+                                    float *__restrict__ l, HeadStrides hs) {
+  const int hh = blockIdx.y;
+  m += hh * hs.ml;
+  l += hh * hs.ml;
+  float *row = p + hh * hs.p + (size_t)blockIdx.x * ldp;
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, row[j]);
   mx = block_max(mx);
@@ -166,10 +176,15 @@ __global__ void softmax_rows_kernel(float *__restrict__ p, int n, int64_t ldp, f
 }
 
 // acc[r][c] = Σ_j p[r][j] · v̂[t0 + j][c] / l[r]: one block per row, one thread per channel.
-__global__ void lowbit_values_kernel(const uint8_t *__restrict__ vcodes, const __half *__restrict__ vscale,
-                                     const __half *__restrict__ vzero, int hd, int vg, int bits,
-                                     const float *__restrict__ p, int64_t ldp, int t0, int n,
-                                     const float *__restrict__ l, float *__restrict__ acc) {
+__global__ void lowbit_values_kernel(LowbitView lv, int hd, int vg, int bits, const float *__restrict__ p, int64_t ldp,
+                                     int t0, int n, const float *__restrict__ l, float *__restrict__ acc, HeadStrides hs) {
+  const int hh = blockIdx.y;
+  const uint8_t *__restrict__ vcodes = lv.vcodes + hh * lv.vcodes_stride;
+  const __half *__restrict__ vscale = lv.vscale + hh * lv.vparam_stride;
+  const __half *__restrict__ vzero = lv.vzero + hh * lv.vparam_stride;
+  p += hh * hs.p;
+  l += hh * hs.ml;
+  acc += hh * hs.acc;
   const int r = blockIdx.x, c = threadIdx.x;
   if (c >= hd) return;
   const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
@@ -188,10 +203,15 @@ __global__ void lowbit_values_kernel(const uint8_t *__restrict__ vcodes, const _
 
 // The value pass split over positions: block (r, s) sums tokens [s·chunk, (s+1)·chunk) of row r
 // into partial[s][r][c] (unnormalized); lowbit_values_reduce_kernel adds the splits up.
-__global__ void lowbit_values_split_kernel(const uint8_t *__restrict__ vcodes, const __half *__restrict__ vscale,
-                                           const __half *__restrict__ vzero, int hd, int vg, int bits,
-                                           const float *__restrict__ p, int64_t ldp, int t0, int n, int chunk,
-                                           int n_rows, float *__restrict__ partial) {
+__global__ void lowbit_values_split_kernel(LowbitView lv, int hd, int vg, int bits, const float *__restrict__ p,
+                                           int64_t ldp, int t0, int n, int chunk, int n_rows, float *__restrict__ partial,
+                                           HeadStrides hs) {
+  const int hh = blockIdx.z;
+  const uint8_t *__restrict__ vcodes = lv.vcodes + hh * lv.vcodes_stride;
+  const __half *__restrict__ vscale = lv.vscale + hh * lv.vparam_stride;
+  const __half *__restrict__ vzero = lv.vzero + hh * lv.vparam_stride;
+  p += hh * hs.p;
+  partial += (size_t)hh * gridDim.y * n_rows * hd;
   const int r = blockIdx.x, s = blockIdx.y, c = threadIdx.x;
   if (c >= hd) return;
   const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
@@ -210,7 +230,11 @@ __global__ void lowbit_values_split_kernel(const uint8_t *__restrict__ vcodes, c
 }
 
 __global__ void lowbit_values_reduce_kernel(const float *__restrict__ partial, int splits, int n_rows, int hd,
-                                            const float *__restrict__ l, float *__restrict__ acc) {
+                                            const float *__restrict__ l, float *__restrict__ acc, HeadStrides hs) {
+  const int hh = blockIdx.y;
+  partial += (size_t)hh * splits * n_rows * hd;
+  l += hh * hs.ml;
+  acc += hh * hs.acc;
   const int r = blockIdx.x, c = threadIdx.x;
   if (c >= hd) return;
   float a = 0.0f;
@@ -341,32 +365,42 @@ int32_t lowbit_quantize(const float *k, const float *v, int n_tokens, int g, int
   return SPECODE_OK;
 }
 
+int32_t lowbit_attend_heads(const LowbitView &lv, int n_heads, int g, int hd, int bits, int t0, int t1, const float *q,
+                            int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l, float *acc,
+                            const HeadStrides &hs, cudaStream_t stream, float *work, size_t work_floats) {
+  if (t0 % g != 0 || t1 % g != 0 || t1 < t0 || hd > 1024 || g > 1024 || n_heads < 1 || n_heads > 65535)
+    return SPECODE_ERR_ARGUMENT;
+  const int n = t1 - t0;
+  if (n == 0 || n_rows == 0) return SPECODE_OK;
+  if (n_heads > 1 && hs.p < (int64_t)n_rows * n) return SPECODE_ERR_ARGUMENT;  // heads' scores must not overlap
+  const size_t shared = ((size_t)n_rows * hd + 2 * hd + n_rows) * sizeof(float);
+  if (shared > 48 * 1024) return SPECODE_ERR_ARGUMENT;
+  lowbit_scores_kernel<<<dim3(n / g, n_heads), g, shared, stream>>>(lv, g, hd, bits, q, n_rows, skip, t0, p, n,
+                                                                    debias ? 1 : 0, hs);
+  CUDA_CHECK_LAUNCH();
+  softmax_rows_kernel<<<dim3(n_rows, n_heads), 256, 0, stream>>>(p, n, n, m, l, hs);
+  CUDA_CHECK_LAUNCH();
+  const int splits = lowbit_value_splits(n), vg = g < hd ? g : hd;
+  if (work && (size_t)n_heads * splits * n_rows * hd <= work_floats && splits > 1) {
+    const int chunk = (n + splits - 1) / splits;
+    lowbit_values_split_kernel<<<dim3(n_rows, splits, n_heads), hd, 0, stream>>>(lv, hd, vg, bits, p, n, t0, n, chunk,
+                                                                                 n_rows, work, hs);
+    CUDA_CHECK_LAUNCH();
+    lowbit_values_reduce_kernel<<<dim3(n_rows, n_heads), hd, 0, stream>>>(work, splits, n_rows, hd, l, acc, hs);
+  } else {
+    lowbit_values_kernel<<<dim3(n_rows, n_heads), hd, 0, stream>>>(lv, hd, vg, bits, p, n, t0, n, l, acc, hs);
+  }
+  CUDA_CHECK_LAUNCH();
+  return SPECODE_OK;
+}
+
 int32_t lowbit_attend(const uint8_t *kcodes, const __half *kscale, const __half *kzero, const uint8_t *vcodes,
                       const __half *vscale, const __half *vzero, int g, int hd, int bits, int t0, int t1,
                       const float *q, int n_rows, const uint64_t *skip, bool debias, float *p, float *m, float *l,
                       float *acc, cudaStream_t stream, float *work, size_t work_floats) {
-  if (t0 % g != 0 || t1 % g != 0 || t1 < t0 || hd > 1024 || g > 1024) return SPECODE_ERR_ARGUMENT;
-  const int n = t1 - t0;
-  if (n == 0 || n_rows == 0) return SPECODE_OK;
-  const size_t shared = ((size_t)n_rows * hd + 2 * hd + n_rows) * sizeof(float);
-  if (shared > 48 * 1024) return SPECODE_ERR_ARGUMENT;
-  lowbit_scores_kernel<<<n / g, g, shared, stream>>>(kcodes, kscale, kzero, g, hd, bits, q, n_rows, skip, t0, p, n,
-                                                     debias ? 1 : 0);
-  CUDA_CHECK_LAUNCH();
-  softmax_rows_kernel<<<n_rows, 256, 0, stream>>>(p, n, n, m, l);
-  CUDA_CHECK_LAUNCH();
-  const int splits = lowbit_value_splits(n);
-  if (work && (size_t)splits * n_rows * hd <= work_floats && splits > 1) {
-    const int chunk = (n + splits - 1) / splits;
-    lowbit_values_split_kernel<<<dim3(n_rows, splits), hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits,
-                                                                         p, n, t0, n, chunk, n_rows, work);
-    CUDA_CHECK_LAUNCH();
-    lowbit_values_reduce_kernel<<<n_rows, hd, 0, stream>>>(work, splits, n_rows, hd, l, acc);
-  } else {
-    lowbit_values_kernel<<<n_rows, hd, 0, stream>>>(vcodes, vscale, vzero, hd, g < hd ? g : hd, bits, p, n, t0, n, l, acc);
-  }
-  CUDA_CHECK_LAUNCH();
-  return SPECODE_OK;
+  const LowbitView lv{kcodes, kscale, kzero, vcodes, vscale, vzero, 0, 0, 0, 0};
+  return lowbit_attend_heads(lv, 1, g, hd, bits, t0, t1, q, n_rows, skip, debias, p, m, l, acc, HeadStrides{}, stream,
+                             work, work_floats);
 }
 
 int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half *kzero, int g, int hd, int bits, int t0,
@@ -375,8 +409,9 @@ int32_t lowbit_scores(const uint8_t *kcodes, const __half *kscale, const __half 
   if (t1 == t0 || n_rows == 0) return SPECODE_OK;
   const size_t shared = ((size_t)n_rows * hd + 2 * hd + n_rows) * sizeof(float);
   if (shared > 48 * 1024) return SPECODE_ERR_ARGUMENT;
-  lowbit_scores_kernel<<<(t1 - t0) / g, g, shared, stream>>>(kcodes, kscale, kzero, g, hd, bits, q, n_rows, nullptr, t0,
-                                                             p, ldp, debias ? 1 : 0);
+  const LowbitView lv{kcodes, kscale, kzero, nullptr, nullptr, nullptr, 0, 0, 0, 0};
+  lowbit_scores_kernel<<<(t1 - t0) / g, g, shared, stream>>>(lv, g, hd, bits, q, n_rows, nullptr, t0, p, ldp,
+                                                             debias ? 1 : 0, HeadStrides{});
   CUDA_CHECK_LAUNCH();
   return SPECODE_OK;
 }
