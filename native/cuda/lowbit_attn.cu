@@ -175,6 +175,23 @@ __global__ void softmax_rows_kernel(float *__restrict__ p, int n, int64_t ldp, f
   }
 }
 
+// Σ_j pr[j] · v̂[t0 + j][c] over j in [j0, j1): channel c of the decoded values, weighted.
+__device__ float weighted_values(const uint8_t *__restrict__ vcodes, const __half *__restrict__ vscale,
+                                 const __half *__restrict__ vzero, int hd, int vg, int bits, const float *__restrict__ pr,
+                                 int t0, int j0, int j1, int c) {
+  const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
+  float a = 0.0f;
+  for (int j = j0; j < j1; ++j) {
+    const float w = pr[j];
+    if (w == 0.0f) continue;
+    const size_t t = (size_t)t0 + j;
+    const float v = (float)code_at(vcodes + t * row_bytes, c, bits) * __half2float(vscale[t * nvg + gi]) +
+                    __half2float(vzero[t * nvg + gi]);
+    a = fmaf(w, v, a);
+  }
+  return a;
+}
+
 // acc[r][c] = Σ_j p[r][j] · v̂[t0 + j][c] / l[r]: one block per row, one thread per channel.
 __global__ void lowbit_values_kernel(LowbitView lv, int hd, int vg, int bits, const float *__restrict__ p, int64_t ldp,
                                      int t0, int n, const float *__restrict__ l, float *__restrict__ acc, HeadStrides hs) {
@@ -187,17 +204,7 @@ __global__ void lowbit_values_kernel(LowbitView lv, int hd, int vg, int bits, co
   acc += hh * hs.acc;
   const int r = blockIdx.x, c = threadIdx.x;
   if (c >= hd) return;
-  const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
-  const float *pr = p + (size_t)r * ldp;
-  float a = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    const float w = pr[j];
-    if (w == 0.0f) continue;
-    const size_t t = (size_t)t0 + j;
-    const float v = (float)code_at(vcodes + t * row_bytes, c, bits) * __half2float(vscale[t * nvg + gi]) +
-                    __half2float(vzero[t * nvg + gi]);
-    a = fmaf(w, v, a);
-  }
+  const float a = weighted_values(vcodes, vscale, vzero, hd, vg, bits, p + (size_t)r * ldp, t0, 0, n, c);
   acc[(size_t)r * hd + c] = l[r] > 0.0f ? a / l[r] : 0.0f;
 }
 
@@ -214,19 +221,8 @@ __global__ void lowbit_values_split_kernel(LowbitView lv, int hd, int vg, int bi
   partial += (size_t)hh * gridDim.y * n_rows * hd;
   const int r = blockIdx.x, s = blockIdx.y, c = threadIdx.x;
   if (c >= hd) return;
-  const int nvg = hd / vg, gi = c / vg, row_bytes = hd * bits / 8;
-  const float *pr = p + (size_t)r * ldp;
-  const int j1 = min(n, (s + 1) * chunk);
-  float a = 0.0f;
-  for (int j = s * chunk; j < j1; ++j) {
-    const float w = pr[j];
-    if (w == 0.0f) continue;
-    const size_t t = (size_t)t0 + j;
-    const float v = (float)code_at(vcodes + t * row_bytes, c, bits) * __half2float(vscale[t * nvg + gi]) +
-                    __half2float(vzero[t * nvg + gi]);
-    a = fmaf(w, v, a);
-  }
-  partial[((size_t)s * n_rows + r) * hd + c] = a;
+  partial[((size_t)s * n_rows + r) * hd + c] =
+      weighted_values(vcodes, vscale, vzero, hd, vg, bits, p + (size_t)r * ldp, t0, s * chunk, min(n, (s + 1) * chunk), c);
 }
 
 __global__ void lowbit_values_reduce_kernel(const float *__restrict__ partial, int splits, int n_rows, int hd,

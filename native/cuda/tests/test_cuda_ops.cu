@@ -542,9 +542,7 @@ void policy_matches_cpu(specode_model *model, const char *name, specode::cuda::D
   std::vector<int32_t> dev_tokens;
   std::string why;
   const bool ran = device_generate(*dc, prompt, steps, V, &dev_logits, &dev_tokens, &why);
-  double stall = 0, bytes = 0;
-  stall = dc->last_step().stall_ms;
-  bytes = (double)dc->last_step().fetched_bytes;
+  const double stall = dc->last_step().stall_ms, bytes = (double)dc->last_step().fetched_bytes;
   specode_context_params cp = specode_context_default_params();
   cp.n_ctx = (uint32_t)n_ctx;
   cp.kv_type = SPECODE_KV_F16;
