@@ -11,6 +11,9 @@
 
 namespace specode::cuda {
 
+// Blocks of 256 threads covering n elements.
+inline unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
+
 // Last CUDA failure on this thread, "" when none.
 const char *last_error();
 void set_error(const char *file, int line, const char *what, cudaError_t err);

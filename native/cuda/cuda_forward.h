@@ -126,6 +126,9 @@ class DeviceContext {
   int32_t attend_specache(int layer, int n, int n_keep, int select_row);
   int32_t select_and_fetch(int layer, int n_lowbit_now, int resid_now);
   int32_t rebuild_lowbit();
+  int32_t drop_fetched();
+  struct LowbitDev;
+  int32_t quantize_rows(const LowbitDev &d, const __half *k, const __half *v, int t0, int nt);
   void kept_one();
   size_t lh(int layer, int h) const { return (size_t)layer * model_.hp.n_head_kv + h; }
 
@@ -166,7 +169,8 @@ class DeviceContext {
   std::vector<int> pre_n_;                            // [n_layer][n_head_kv] rows held (host's count)
   int n_lowbit_ = 0, resid_n_ = 0;                    // the same for every layer
   int vis_n_ = -1, vis_keep_ = -1;                    // the (n, n_keep) visible_ was written for
-  float *flush_ = nullptr;                            // [2][R][hd] fp32 rows being quantized
+  float *flush_ = nullptr;                            // [2][flush_rows_][hd] fp32 rows being quantized
+  int flush_rows_ = 0;
   // specache attention state: per KV head queries [NKV][rows][hd], pieces, and per-layer
   // copies of the select row's queries and softmax totals for the copy stream.
   float *qg_ = nullptr, *pa_m_ = nullptr, *pa_l_ = nullptr, *pa_acc_ = nullptr, *pb_m_ = nullptr, *pb_l_ = nullptr,

@@ -138,7 +138,6 @@ int32_t DeviceModel::upload(const Model &m, std::unique_ptr<DeviceModel> *out, s
 
 namespace {
 const auto mib = [](uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
-unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
 }  // namespace
 
 DeviceContext::~DeviceContext() {
@@ -224,7 +223,7 @@ int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceK
     return SPECODE_ERR_ARGUMENT;
   }
   const DeviceMemory need = plan(model, n_ctx, cfg);
-  // A prefill also holds its transient copy of the rows (host policies) for its duration.
+  // A specache prefill also stages one layer's rows for its duration.
   const uint64_t ctx_bytes = need.kv + need.buffers + need.activations + need.prefill;
   // The weights are already on the device: the context needs free memory for itself, and the
   // budget covers both.
@@ -357,9 +356,7 @@ int32_t DeviceContext::step(const int32_t *tokens, int n, int n_keep, int select
   if (cfg_.policy == DevicePolicy::Specache && n_keep == 0) {
     // A pre-decode starts a new generation: no rows held (as the CPU's begin_pass).
     CUDA_CHECK(cudaStreamSynchronize(copy_));
-    CUDA_CHECK(cudaMemsetAsync(pbits_, 0, (size_t)hp.n_layer * hp.n_head_kv * words_ * 8, stream_));
-    std::fill(pre_n_.begin(), pre_n_.end(), 0);
-    std::fill(fetch_pending_.begin(), fetch_pending_.end(), false);
+    if (const int32_t st = drop_fetched(); st != SPECODE_OK) return st;
   }
   const int pos[kMaxStepTokens] = {n_past_, n_past_ + 1};
   step_fetch_bytes_ = 0;

@@ -30,8 +30,6 @@ namespace specode::cuda {
 
 namespace {
 
-unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
-
 // The kept row (row 0 of k, v: [n][n_kv·hd] fp32, when n_keep is 1) to the host rows at pos and
 // the residual at slot; the unkept rows to new_k/new_v [n_kv][kMaxStepTokens][hd].
 __global__ void keep_rows_kernel(const float *__restrict__ k, const float *__restrict__ v, int n, int n_keep, int n_kv, int hd,
@@ -159,7 +157,6 @@ int32_t DeviceContext::init_specache() {
   const int NKV = hp.n_head_kv, HD = hp.head_dim, G = hp.n_head / NKV, L = hp.n_layer;
   const int g = cfg_.group, bits = cfg_.bits, R = cfg_.residual, K = std::max(1, cfg_.topk);
   const int keep = K * std::max(1, cfg_.rerank), rows_max = kMaxStepTokens * G, vg = std::min(g, HD);
-  if (HD % 4) return SPECODE_ERR_UNSUPPORTED;
   const int64_t cap = (int64_t)n_ctx_ / g * g;  // tokens the low-bit copy can hold
   words_ = (n_ctx_ + 63) / 64;
   int32_t st = SPECODE_OK;
@@ -195,7 +192,8 @@ int32_t DeviceContext::init_specache() {
   a((size_t)L * NKV * K * HD * h, (void **)&pv_);
   a((size_t)L * NKV * K * sizeof(int), (void **)&ppos_);
   a((size_t)L * NKV * words_ * 8, (void **)&pbits_);
-  a((size_t)2 * std::max(std::max(4096, R), g) * HD * f, (void **)&flush_);
+  flush_rows_ = std::max(std::max(4096, R), g);
+  a((size_t)2 * flush_rows_ * HD * f, (void **)&flush_);
   a((size_t)NKV * rows_max * HD * f, (void **)&qg_);
   for (float **p : {&pa_m_, &pa_l_, &pb_m_, &pb_l_}) a((size_t)NKV * rows_max * f, (void **)p);
   a((size_t)NKV * rows_max * HD * f, (void **)&pa_acc_);
@@ -213,9 +211,9 @@ int32_t DeviceContext::init_specache() {
   a(sizeof(int), (void **)&wide_n_);
   a(sizeof(int), (void **)&pick_n_);
   if (st != SPECODE_OK) return st;
-  CUDA_CHECK(cudaMemset(pbits_, 0, (size_t)L * NKV * words_ * 8));
-  pre_n_.assign((size_t)L * NKV, 0);
-  fetch_pending_.assign(L, false);
+  pre_n_.resize((size_t)L * NKV);
+  fetch_pending_.resize(L);
+  if ((st = drop_fetched()) != SPECODE_OK) return st;
   for (auto *evs : {&ev_attn_, &ev_fetch_}) {
     evs->resize(L);
     for (cudaEvent_t &e : *evs) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -232,8 +230,7 @@ int32_t DeviceContext::init_specache() {
 // nothing fetched.
 int32_t DeviceContext::rebuild_lowbit() {
   const Hparams &hp = model_.hp;
-  const int NKV = hp.n_head_kv, HD = hp.head_dim, L = hp.n_layer, g = cfg_.group, R = cfg_.residual, bits = cfg_.bits;
-  const int vg = std::min(g, HD), n = n_past_;
+  const int NKV = hp.n_head_kv, HD = hp.head_dim, L = hp.n_layer, g = cfg_.group, R = cfg_.residual, n = n_past_;
   n_lowbit_ = n >= 1 ? R * ((n - 1) / R) : 0;
   resid_n_ = n - n_lowbit_;
   const int chunk = std::max(1, 4096 / g) * g;  // whole groups; flush_ holds max(4096, R) rows
@@ -241,17 +238,10 @@ int32_t DeviceContext::rebuild_lowbit() {
   for (int l = 0; l < L; ++l)
     for (int h = 0; h < NKV; ++h) {
       const size_t base = ((size_t)l * NKV + h) * n_ctx_ * HD;
-      const LowbitDev &d = lowbit_[lh(l, h)];
       for (int t0 = 0; t0 < n_lowbit_; t0 += chunk) {
         const int nt = std::min(chunk, n_lowbit_ - t0);
-        float *fk = flush_, *fv = flush_ + (size_t)std::max(std::max(4096, R), g) * HD;
-        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(khost_d_ + base + (size_t)t0 * HD, fk, (size_t)nt * HD);
-        half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, s>>>(vhost_d_ + base + (size_t)t0 * HD, fv, (size_t)nt * HD);
-        CUDA_CHECK_LAUNCH();
-        const int32_t st = lowbit_quantize(fk, fv, nt, g, HD, bits, d.kcodes + (size_t)(t0 / g) * HD * g * bits / 8,
-                                           d.kscale + (size_t)(t0 / g) * HD, d.kzero + (size_t)(t0 / g) * HD,
-                                           d.vcodes + (size_t)t0 * HD * bits / 8, d.vscale + (size_t)t0 * (HD / vg),
-                                           d.vzero + (size_t)t0 * (HD / vg), s);
+        const int32_t st = quantize_rows(lowbit_[lh(l, h)], khost_d_ + base + (size_t)t0 * HD,
+                                         vhost_d_ + base + (size_t)t0 * HD, t0, nt);
         if (st != SPECODE_OK) return st;
       }
       if (resid_n_ > 0) {
@@ -262,11 +252,32 @@ int32_t DeviceContext::rebuild_lowbit() {
                                    cudaMemcpyHostToDevice, s));
       }
     }
-  CUDA_CHECK(cudaMemsetAsync(pbits_, 0, (size_t)L * NKV * words_ * 8, s));
-  std::fill(pre_n_.begin(), pre_n_.end(), 0);
-  std::fill(fetch_pending_.begin(), fetch_pending_.end(), false);
+  if (const int32_t st = drop_fetched(); st != SPECODE_OK) return st;
   CUDA_CHECK(cudaStreamSynchronize(s));
   return SPECODE_OK;
+}
+
+// Nothing held in any prefetch buffer, no fetch pending (the copy stream must be idle).
+int32_t DeviceContext::drop_fetched() {
+  const Hparams &hp = model_.hp;
+  CUDA_CHECK(cudaMemsetAsync(pbits_, 0, (size_t)hp.n_layer * hp.n_head_kv * words_ * 8, stream_));
+  std::fill(pre_n_.begin(), pre_n_.end(), 0);
+  std::fill(fetch_pending_.begin(), fetch_pending_.end(), false);
+  return SPECODE_OK;
+}
+
+// Rows [t0, t0 + nt) (whole groups) of one KV head's stream from fp16 rows k, v ([nt][hd], device
+// or mapped host memory), through fp32 as the CPU quantizes them.
+int32_t DeviceContext::quantize_rows(const LowbitDev &d, const __half *k, const __half *v, int t0, int nt) {
+  const int HD = model_.hp.head_dim, g = cfg_.group, bits = cfg_.bits, vg = std::min(g, HD);
+  float *fk = flush_, *fv = flush_ + (size_t)flush_rows_ * HD;
+  half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, stream_>>>(k, fk, (size_t)nt * HD);
+  half_to_float_kernel<<<blocks_for((size_t)nt * HD), 256, 0, stream_>>>(v, fv, (size_t)nt * HD);
+  CUDA_CHECK_LAUNCH();
+  const size_t t = (size_t)t0;
+  return lowbit_quantize(fk, fv, nt, g, HD, bits, d.kcodes + t / g * HD * g * bits / 8, d.kscale + t / g * HD,
+                         d.kzero + t / g * HD, d.vcodes + t * HD * bits / 8, d.vscale + t * (HD / vg),
+                         d.vzero + t * (HD / vg), stream_);
 }
 
 void DeviceContext::kept_one() {
@@ -280,7 +291,7 @@ void DeviceContext::kept_one() {
 int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_row) {
   const Hparams &hp = model_.hp;
   const int NH = hp.n_head, NKV = hp.n_head_kv, HD = hp.head_dim, G = NH / NKV, KV = NKV * HD;
-  const int g = cfg_.group, R = cfg_.residual, bits = cfg_.bits, vg = std::min(g, HD);
+  const int g = cfg_.group, R = cfg_.residual, bits = cfg_.bits;
   const int rows = n * G, rows_max = kMaxStepTokens * G, n_new = n - n_keep;
   const int64_t head_stride = (int64_t)n_ctx_ * HD;
   const size_t layer_off = (size_t)layer * NKV * head_stride;
@@ -298,16 +309,8 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
   const int nq = n_lowbit_ + (flush ? R : 0), slot = flush ? 0 : resid_n_, nr = slot + n_keep;
   if (flush)
     for (int h = 0; h < NKV; ++h) {
-      const LowbitDev &d = lowbit_[lh(layer, h)];
-      float *fk = flush_, *fv = flush_ + (size_t)std::max(std::max(4096, R), g) * HD;
-      const size_t r0 = lh(layer, h) * R * HD, t0 = (size_t)n_lowbit_;
-      half_to_float_kernel<<<blocks_for((size_t)R * HD), 256, 0, s>>>(rk_ + r0, fk, (size_t)R * HD);
-      half_to_float_kernel<<<blocks_for((size_t)R * HD), 256, 0, s>>>(rv_ + r0, fv, (size_t)R * HD);
-      CUDA_CHECK_LAUNCH();
-      const int32_t st = lowbit_quantize(fk, fv, R, g, HD, bits, d.kcodes + t0 / g * HD * g * bits / 8,
-                                         d.kscale + t0 / g * HD, d.kzero + t0 / g * HD, d.vcodes + t0 * HD * bits / 8,
-                                         d.vscale + t0 * (HD / vg), d.vzero + t0 * (HD / vg), s);
-      if (st != SPECODE_OK) return st;
+      const size_t r0 = lh(layer, h) * R * HD;
+      if (const int32_t st = quantize_rows(lowbit_[lh(layer, h)], rk_ + r0, rv_ + r0, n_lowbit_, R); st != SPECODE_OK) return st;
     }
   keep_rows_kernel<<<blocks_for((size_t)n * KV), 256, 0, s>>>(
       k_, v_, n, n_keep, NKV, HD, khost_d_ + layer_off, vhost_d_ + layer_off, head_stride, n_past_, rk_ + lh(layer, 0) * R * HD,

@@ -59,6 +59,13 @@ export function log(msg: string): void {
 
 const SOURCE_EXT = new Set(['.js', '.ts', '.mjs', '.cjs', '.c', '.h', '.cc', '.cpp', '.py', '.md', '.json', '.d.ts']);
 
+/** The speed benches' input: installed sources (first files in sorted order, 1 MiB) tokenized
+ * once, the same ids for every engine and backend. */
+export function speedCorpusIds(tokenizer: { encode(text: string, o: { addSpecial: boolean; parseSpecial: boolean }): number[] }): number[] {
+  const corpus = realSourceFiles([join(projectRoot(), 'node_modules')], 1 << 20).map((f) => f.text).join('\n');
+  return tokenizer.encode(corpus, { addSpecial: false, parseSpecial: false });
+}
+
 /**
  * Real source files this project did not write (from installed npm packages),
  * in a deterministic order, until `bytes` are collected. Skips minified and

@@ -1,11 +1,10 @@
 // speed.ts — `specode bench speed`: prefill and decode tokens/s of specode and
 // of llama.cpp (node-llama-cpp) on the same GGUF, same threads, same input
 // (real source code), in the same run; median of N repetitions after a warm-up.
-import { join } from 'node:path';
 import { UserError } from '../errors';
 import { loadAddon, type KvPolicy } from '../engine/native';
 import { Session } from '../engine/session';
-import { envelope, log, projectRoot, median, realSourceFiles, type Envelope } from './common';
+import { envelope, log, median, speedCorpusIds, type Envelope } from './common';
 import { loadPeer } from './peer';
 
 export interface SpeedOptions {
@@ -55,10 +54,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
   const maxCtx = Math.max(...o.contexts);
   const policies = o.policies ?? ['full'];
   const probe = await Session.open(o.modelPath, { nCtx: 64, threads: o.threads });
-  const root = projectRoot();
-  // Real code: concatenated installed sources, tokenized once.
-  const corpus = realSourceFiles([join(root, 'node_modules')], 1 << 20).map((f) => f.text).join('\n');
-  const allIds = probe.tokenizer.encode(corpus, { addSpecial: false, parseSpecial: false });
+  const allIds = speedCorpusIds(probe.tokenizer);
   const info = probe.info;
   probe.close();
   if (allIds.length < maxCtx) throw new Error(`bench speed: corpus has ${allIds.length} tokens, need ${maxCtx}`);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { UserError } from '../errors';
 import { Session } from '../engine/session';
 import type { KvPolicy } from '../engine/native';
-import { envelope, log, projectRoot, realSourceFiles, type Envelope } from './common';
+import { envelope, log, projectRoot, speedCorpusIds, type Envelope } from './common';
 
 export interface CudaSpeedOptions {
   modelName: string;
@@ -46,8 +46,7 @@ export async function benchSpeedCuda(o: CudaSpeedOptions): Promise<Envelope> {
   env.backend = 'cuda';
   const maxCtx = Math.max(...o.contexts);
   const probe = await Session.open(o.modelPath, { nCtx: 64, threads: 1 });
-  const corpus = realSourceFiles([join(projectRoot(), 'node_modules')], 4 << 20).map((f) => f.text).join('\n');
-  const ids = probe.tokenizer.encode(corpus, { addSpecial: false, parseSpecial: false });
+  const ids = speedCorpusIds(probe.tokenizer);
   const nCtxTrain = probe.info.nCtxTrain;
   probe.close();
   if (ids.length < maxCtx) throw new Error(`bench speed: corpus has ${ids.length} tokens, need ${maxCtx}`);
@@ -82,7 +81,7 @@ export async function benchSpeedCuda(o: CudaSpeedOptions): Promise<Envelope> {
   const res = JSON.parse(stdout) as { device: { name: string }; rows: Record<string, unknown>[] };
   env.device = res.device.name;
   env.device_info = res.device;
-  env.input = 'real source code from node_modules (first files in sorted order)';
+  env.input = 'real source code from node_modules (first files in sorted order), the same ids as the CPU speed bench';
   env.rows = res.rows.map((r) => ({ engine: 'specode', backend: 'cuda', ...r }));
   env.peer = 'llama.cpp CUDA: not run (its CUDA build is not installed: bench/peer pins the CPU build; see docs/benchmarks.md)';
   if (o.standIn)
