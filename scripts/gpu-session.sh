@@ -11,8 +11,9 @@
 #   inflates the 1.5b stand-in, keeps part 1 of smollm2 in /tmp.
 # Device call 2 (carry .devcache/part2), while the machine is still warm:
 #   bash scripts/gpu-session.sh device-2
-#   joins smollm2 and runs the consistency test on it, then specode_cuda_bench at 4k and 32k
-#   for full, offload-all and specache; results under $OUT.
+#   joins smollm2 and runs the consistency test on it, and the engine's C API (specode-run)
+#   on both backends; then specode_cuda_bench at 4k and 32k for full, offload-all and
+#   specache; results under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models="${SPECODE_MODELS:-$HOME/.cache/specode/models}"
@@ -40,6 +41,15 @@ case "${1:-}" in
     cat /tmp/smollm2.aa .devcache/part2/smollm2.ab > /tmp/smollm2.gguf
     [ "$(sha256sum /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat .devcache/part2/smollm2.sha256)" ] || { echo 'smollm2: sha256 differs'; exit 1; }
     SPECODE_CUDA_TEST_MODEL=/tmp/smollm2.gguf /tmp/nb/specode_cuda_tests 2>&1 | tee "${OUT:-/tmp}/cuda-tests-smollm2.txt"
+    # The engine's C API end to end (what the server calls): 64 greedy tokens per backend and policy.
+    for k in full specache; do
+      for b in cpu cuda; do
+        /tmp/nb/specode-run /tmp/smollm2.gguf -b "$b" -k "$k" -t 16 -p 1500 -n 64 > "/tmp/run-$k-$b.txt" 2>> "${OUT:-/tmp}/c-api-smollm2.txt"
+      done
+      cmp -s "/tmp/run-$k-cpu.txt" "/tmp/run-$k-cuda.txt" && r=same || r=DIFFER
+      { echo "c api smollm2 $k: cpu and cuda tokens $r"; head -c 400 "/tmp/run-$k-cpu.txt"; head -c 400 "/tmp/run-$k-cuda.txt"; } |
+        tee -a "${OUT:-/tmp}/c-api-smollm2.txt"
+    done
     /tmp/nb/specode_cuda_bench --model /tmp/q15-random.gguf --ids /tmp/ids-q15.bin --ctx 4096,32000 \
       --policies full,offload-all,specache --steps 32 --warmup 4 > "${OUT:-/tmp}/cuda-bench-q15.json"
     cat "${OUT:-/tmp}/cuda-bench-q15.json"

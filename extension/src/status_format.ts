@@ -29,6 +29,8 @@ export function figureParts(f: Figures): string[] {
   const parts: string[] = [];
   if (f.tokensPerSecond !== undefined) parts.push(`${f.tokensPerSecond.toFixed(1)} tok/s`);
   if (f.deviceBytes !== undefined) parts.push(`dev ${formatBytes(f.deviceBytes)}`);
+  const total = f.engine?.deviceTotalBytes, free = f.engine?.deviceFreeBytes;
+  if (total && free !== undefined) parts.push(`VRAM ${formatBytes(total - free)}/${formatBytes(total)}`);
   if (f.hostKvBytes !== undefined) parts.push(`host KV ${formatBytes(f.hostKvBytes)}`);
   else if (f.computedKvBytes !== undefined && f.kvTokens) parts.push(`KV ${formatBytes(f.computedKvBytes)}`);
   if (f.compressionRatio !== undefined) parts.push(`${f.compressionRatio.toFixed(1)}×`);
@@ -99,6 +101,16 @@ export function detailsMarkdown(s: ServerStatus | undefined, connection: Connect
   row('prefill speed', f.prefillTokensPerSecond !== undefined ? `${f.prefillTokensPerSecond.toFixed(0)} tok/s` : undefined, 'last request, recomputed tokens', noRequest);
   row('last prompt', f.lastPromptTokens !== undefined ? `${f.lastPromptTokens} tokens, ${f.lastReusedTokens ?? 0} reused from the KV cache` : undefined, 'last request', noRequest);
   if (f.engine && Object.keys(f.engine).length) {
+    const e = f.engine;
+    const onGpu = (e.deviceTotalBytes ?? 0) > 0;
+    out.push('', `## Device memory${onGpu ? '' : ' (CPU backend: held in RAM, counted as VRAM would be)'}`, '', '| kind | bytes |', '|---|---|');
+    const kinds: [string, string][] = [
+      ['weights', 'deviceWeightBytes'], ['low-bit KV', 'deviceLowbitBytes'], ['fp16 residual', 'deviceResidualBytes'],
+      ['prefetch buffers', 'devicePrefetchBytes'], ['full-precision KV rows', 'deviceFullBytes'], ['workspace', 'deviceWorkspaceBytes'],
+    ];
+    for (const [label, key] of kinds) if (e[key] !== undefined) out.push(`| ${label} | ${formatBytes(e[key])} |`);
+    if (onGpu) out.push(`| free / total on the device | ${formatBytes(e.deviceFreeBytes ?? 0)} / ${formatBytes(e.deviceTotalBytes)} |`);
+    if (e.hostKvBytes !== undefined) out.push(`| host KV (fp16 rows${onGpu ? ', pinned' : ''}) | ${formatBytes(e.hostKvBytes)} |`);
     out.push('', '## Engine metrics (ctx.metrics())', '', '| name | value |', '|---|---|');
     for (const [k, v] of Object.entries(f.engine)) out.push(`| ${k} | ${v} |`);
   } else if (s.model) {

@@ -336,12 +336,16 @@ napi_value ctx_metrics(napi_env env, napi_callback_info info) {
   napi_value o;
   napi_create_object(env, &o);
   set_str(env, o, "policy", m.policy);
+  set_str(env, o, "backend", m.backend);
   set_num(env, o, "deviceWeightBytes", (double)m.device_weight_bytes);
   set_num(env, o, "deviceLowbitBytes", (double)m.device_lowbit_bytes);
   set_num(env, o, "deviceResidualBytes", (double)m.device_residual_bytes);
   set_num(env, o, "devicePrefetchBytes", (double)m.device_prefetch_bytes);
   set_num(env, o, "deviceFullBytes", (double)m.device_full_bytes);
   set_num(env, o, "deviceKvBytes", (double)m.device_kv_bytes);
+  set_num(env, o, "deviceWorkspaceBytes", (double)m.device_workspace_bytes);
+  set_num(env, o, "deviceFreeBytes", (double)m.device_free_bytes);
+  set_num(env, o, "deviceTotalBytes", (double)m.device_total_bytes);
   set_num(env, o, "hostKvBytes", (double)m.host_kv_bytes);
   set_num(env, o, "fp16KvBytes", (double)m.fp16_kv_bytes);
   set_num(env, o, "compressionRatio", m.compression_ratio);
@@ -529,6 +533,14 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   const std::string disk_dir = opt_str(env, opts, "diskCacheDir", "");
   p.kv_disk_dir = disk_dir.c_str();
   p.kv_disk_max_bytes = (uint64_t)opt_num(env, opts, "diskCacheMaxBytes", 0);
+  const std::string backend = opt_str(env, opts, "backend", "cpu");
+  if (backend == "cpu") p.backend = SPECODE_BACKEND_CPU;
+  else if (backend == "auto") p.backend = SPECODE_BACKEND_AUTO;
+  else if (backend == "cuda") p.backend = SPECODE_BACKEND_CUDA;
+  else
+    return throw_error(env, SPECODE_ERR_ARGUMENT, "createContext: backend must be 'cpu', 'auto' or 'cuda', got '" + backend + "'"),
+           nullptr;
+  p.device_budget_bytes = (uint64_t)opt_num(env, opts, "deviceBudgetBytes", 0);
   specode_context *ctx = nullptr;
   int32_t st = specode_context_init(h->model, &p, &ctx);
   if (st != SPECODE_OK) return throw_error(env, st, specode_last_error()), nullptr;
@@ -554,6 +566,14 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   set_fn(env, o, "free", ctx_free, box);
   napi_property_descriptor getter = {"nPast", nullptr, nullptr, ctx_n_past, nullptr, nullptr, napi_enumerable, box};
   napi_define_properties(env, o, 1, &getter);
+  specode_backend_info bi;
+  specode_context_backend(ctx, &bi);
+  napi_value b;
+  napi_create_object(env, &b);
+  set_str(env, b, "name", bi.name);
+  set_str(env, b, "device", bi.device);
+  set_str(env, b, "reason", bi.reason);
+  napi_set_named_property(env, o, "backend", b);
   napi_wrap(env, o, box, context_finalize, nullptr, nullptr);
   return o;
 }
@@ -745,6 +765,8 @@ napi_value cuda_probe(napi_env env, napi_callback_info) {
   napi_set_named_property(env, o, "name", s);
   napi_create_string_utf8(env, info.reason, NAPI_AUTO_LENGTH, &s);
   napi_set_named_property(env, o, "reason", s);
+  napi_get_boolean(env, info.backend_built != 0, &b);
+  napi_set_named_property(env, o, "backendBuilt", b);
   return o;
 }
 

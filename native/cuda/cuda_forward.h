@@ -1,11 +1,12 @@
 // cuda_forward.h — the model on the device (forward.cu): weights uploaded as
-// stored in the GGUF, and a context that runs decode steps with the K/V cache
-// in fp16 in VRAM (policy `full`). Not wired into the engine yet.
+// stored in the GGUF, and a context that runs prefill and decode passes under the
+// policies below. The engine reaches it through backend.cu (src/gpu_backend.h).
 #pragma once
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -99,8 +100,9 @@ class DeviceContext {
   }
   ~DeviceContext();
   // Appends n tokens with exact attention, in batches; logits_host (may be null): the last
-  // token's [n_vocab].
-  int32_t prefill(const int32_t *tokens, int n, float *logits_host);
+  // token's [n_vocab], or every token's [n][n_vocab] when all_rows. When *cancel (set_cancel)
+  // turns true, stops between batches with SPECODE_ERR_CANCELLED, keeping the batches done.
+  int32_t prefill(const int32_t *tokens, int n, float *logits_host, bool all_rows = false);
   // One decode pass of n (1 or 2) tokens at positions n_past(), n_past() + 1; the first n_keep
   // (0 or 1) are kept (appended), the rest attended and dropped. SpeCache's steps: a pre-decode
   // of the first generated token (n 1, n_keep 0, select_row 0) gives the first speculative
@@ -110,7 +112,15 @@ class DeviceContext {
   int32_t step(const int32_t *tokens, int n, int n_keep, int select_row, float *logits_host);
   // One token, kept (a plain decode step).
   int32_t decode(int32_t token, float *logits_host) { return step(&token, 1, 1, -1, logits_host); }
+  // Drops every position >= n_keep (no-op when n_keep >= n_past()); nothing is recomputed:
+  // specache's low-bit groups below the new residual window are still a function of the
+  // kept rows, so only the residual is reloaded from the host rows.
+  int32_t truncate(int n_keep);
+  void set_cancel(const std::atomic<bool> *flag) { cancel_ = flag; }
   int n_past() const { return n_past_; }
+  int n_ctx() const { return n_ctx_; }
+  int n_lowbit() const { return n_lowbit_; }      // specache: tokens in the low-bit copy
+  int n_residual() const { return resid_n_; }     // specache: tokens in the fp16 residual
   const DeviceKvConfig &config() const { return cfg_; }
   const DeviceMemory &memory() const { return mem_; }
   const DeviceStepStats &last_step() const { return stats_; }
@@ -125,7 +135,7 @@ class DeviceContext {
   int32_t init_specache();
   int32_t attend_specache(int layer, int n, int n_keep, int select_row);
   int32_t select_and_fetch(int layer, int n_lowbit_now, int resid_now);
-  int32_t rebuild_lowbit();
+  int32_t rebuild_lowbit(int valid);
   int32_t drop_fetched();
   struct LowbitDev;
   int32_t quantize_rows(const LowbitDev &d, const __half *k, const __half *v, int t0, int nt);
@@ -138,6 +148,7 @@ class DeviceContext {
   DeviceMemory mem_;
   DeviceStepStats stats_;
   int n_past_ = 0;
+  const std::atomic<bool> *cancel_ = nullptr;
   cudaStream_t stream_ = nullptr, copy_ = nullptr;
   std::vector<void *> allocs_;
   // Batch buffers ([rows][...] fp32, rows = kPrefillBatch).

@@ -7,9 +7,9 @@
 // → RMSNorm → gate/up → SwiGLU → down → residual; final RMSNorm and the output
 // product. Activations stay fp32 (the CPU quantizes them to Q8 for quantized
 // weights, so logits agree to that rounding, exactly for F32 weights). specache's
-// attention, top-k choice and fetch: forward_specache.cu. Not wired into the
-// server yet; specode_cuda_tests compares it with the CPU engine wherever a GPU is
-// present, and specode_cuda_bench measures it.
+// attention, top-k choice and fetch: forward_specache.cu; the engine reaches it
+// through backend.cu. specode_cuda_tests compares it with the CPU engine wherever a
+// GPU is present, and specode_cuda_bench measures it.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -287,7 +287,7 @@ int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceK
   return SPECODE_OK;
 }
 
-int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host) {
+int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host, bool all_rows) {
   const Hparams &hp = model_.hp;
   if (n <= 0 || n_past_ + n > n_ctx_) return SPECODE_ERR_ARGUMENT;
   for (int i = 0; i < n; ++i)
@@ -320,30 +320,56 @@ int32_t DeviceContext::prefill(const int32_t *tokens, int n, float *logits_host)
     }
   } free_transient{this, transient};
   int32_t st = SPECODE_OK;
+  const int lowbit_valid = n_lowbit_;  // groups quantized before this prefill stay as they are
   for (int b0 = 0; b0 < n && st == SPECODE_OK; b0 += kPrefillBatch) {
+    if (cancel_ && cancel_->load()) {
+      st = SPECODE_ERR_CANCELLED;
+      break;
+    }
     const int nb = std::min(kPrefillBatch, n - b0);
     std::vector<int> pos(nb);
     for (int i = 0; i < nb; ++i) pos[i] = n_past_ + i;
     CUDA_CHECK(cudaMemcpyAsync(tok_, tokens + b0, nb * sizeof(int), cudaMemcpyHostToDevice, stream_));
     CUDA_CHECK(cudaMemcpyAsync(pos_, pos.data(), nb * sizeof(int), cudaMemcpyHostToDevice, stream_));
     st = run_layers(nb, n_past_, nb, -1, true);
-    if (st == SPECODE_OK && b0 + nb == n) st = output(nb - 1, 1, logits_host);
+    if (st == SPECODE_OK && all_rows) st = output(0, nb, logits_host ? logits_host + (size_t)b0 * hp.n_vocab : nullptr);
+    else if (st == SPECODE_OK && b0 + nb == n) st = output(nb - 1, 1, logits_host);
     if (st == SPECODE_OK) {
       CUDA_CHECK(cudaStreamSynchronize(stream_));  // pos is reused by the next batch
       n_past_ += nb;
     }
   }
-  if (st == SPECODE_OK && cfg_.policy == DevicePolicy::Specache) st = rebuild_lowbit();
+  if ((st == SPECODE_OK || st == SPECODE_ERR_CANCELLED) && cfg_.policy == DevicePolicy::Specache) {
+    const int32_t rb = rebuild_lowbit(lowbit_valid);
+    if (rb != SPECODE_OK) st = rb;
+  }
   return st;
 }
 
+int32_t DeviceContext::truncate(int n_keep) {
+  if (n_keep < 0) return SPECODE_ERR_ARGUMENT;
+  if (n_keep >= n_past_) return SPECODE_OK;
+  CUDA_CHECK(cudaStreamSynchronize(copy_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const int valid = std::min(n_lowbit_, n_keep);
+  n_past_ = n_keep;
+  return cfg_.policy == DevicePolicy::Specache ? rebuild_lowbit(valid) : SPECODE_OK;
+}
+
+// Logits of rows row0 .. row0+n-1 of x_, kMaxStepTokens rows at a time (logits_'s size).
 int32_t DeviceContext::output(int row0, int n, float *logits_host) {
   const Hparams &hp = model_.hp;
   const DeviceWeight &w = model_.output;
-  int32_t st = rmsnorm(x_ + (size_t)row0 * hp.n_embd, (const float *)model_.output_norm.data, xn_, n, hp.n_embd, hp.rms_eps, stream_);
-  if (st == SPECODE_OK) st = matvec(w.type, w.data, w.rows, w.cols, xn_, n, logits_, w.rows, stream_);
-  if (st == SPECODE_OK && logits_host)
-    CUDA_CHECK(cudaMemcpyAsync(logits_host, logits_, (size_t)n * hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  int32_t st = SPECODE_OK;
+  for (int r = 0; r < n && st == SPECODE_OK; r += kMaxStepTokens) {
+    const int m = std::min(kMaxStepTokens, n - r);
+    st = rmsnorm(x_ + (size_t)(row0 + r) * hp.n_embd, (const float *)model_.output_norm.data, xn_, m, hp.n_embd, hp.rms_eps,
+                 stream_);
+    if (st == SPECODE_OK) st = matvec(w.type, w.data, w.rows, w.cols, xn_, m, logits_, w.rows, stream_);
+    if (st == SPECODE_OK && logits_host)
+      CUDA_CHECK(cudaMemcpyAsync(logits_host + (size_t)r * hp.n_vocab, logits_, (size_t)m * hp.n_vocab * sizeof(float),
+                                 cudaMemcpyDeviceToHost, stream_));
+  }
   return st;
 }
 

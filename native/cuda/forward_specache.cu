@@ -225,20 +225,22 @@ int32_t DeviceContext::init_specache() {
   return SPECODE_OK;
 }
 
-// After a prefill: the low-bit copy and residual as a pure function of the rows (the residual
-// invariant of src/specache.h), built from the pinned host rows (read once over the bus);
-// nothing fetched.
-int32_t DeviceContext::rebuild_lowbit() {
+// After a prefill or truncate: the low-bit copy and residual as a pure function of the rows
+// (the residual invariant of src/specache.h). Groups below `valid` tokens (a multiple of R) are
+// already that function of unchanged rows and stay; the rest is built from the pinned host
+// rows (read once over the bus); nothing fetched.
+int32_t DeviceContext::rebuild_lowbit(int valid) {
   const Hparams &hp = model_.hp;
   const int NKV = hp.n_head_kv, HD = hp.head_dim, L = hp.n_layer, g = cfg_.group, R = cfg_.residual, n = n_past_;
   n_lowbit_ = n >= 1 ? R * ((n - 1) / R) : 0;
   resid_n_ = n - n_lowbit_;
+  valid = std::min(std::max(0, valid) / R * R, n_lowbit_);
   const int chunk = std::max(1, 4096 / g) * g;  // whole groups; flush_ holds max(4096, R) rows
   cudaStream_t s = stream_;
   for (int l = 0; l < L; ++l)
     for (int h = 0; h < NKV; ++h) {
       const size_t base = ((size_t)l * NKV + h) * n_ctx_ * HD;
-      for (int t0 = 0; t0 < n_lowbit_; t0 += chunk) {
+      for (int t0 = valid; t0 < n_lowbit_; t0 += chunk) {
         const int nt = std::min(chunk, n_lowbit_ - t0);
         const int32_t st = quantize_rows(lowbit_[lh(l, h)], khost_d_ + base + (size_t)t0 * HD,
                                          vhost_d_ + base + (size_t)t0 * HD, t0, nt);

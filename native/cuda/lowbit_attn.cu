@@ -4,8 +4,8 @@
 // (scores, row softmax, values; never a dequantized cache), top-k per KV head,
 // and the zero-copy gather of the chosen fp16 rows from pinned host pages.
 // Kernels first, then launchers that take a stream and check every call.
-// Not yet wired into the engine; checked against the CPU implementation by
-// native/cuda/tests/test_cuda_ops.cu wherever a GPU is present.
+// Checked against the CPU implementation by native/cuda/tests/test_cuda_ops.cu
+// wherever a GPU is present.
 //
 // Layout of one (layer, KV head) stream of n tokens (see src/lowbit.h):
 //   key codes   [n/g][hd][g·bits/8]  per channel, g tokens a group, LSB first

@@ -1,8 +1,7 @@
 // norm_rope.cu — element-wise op family of the CUDA backend (issue #4):
 // RMSNorm, rotary embeddings (both layouts), SwiGLU. Kernels first, then
 // launchers that take a stream and check every call. fp32 activations, as the
-// CPU backend; not yet wired into the engine (the CPU backend is the only one
-// selected at run time).
+// CPU backend.
 #include <string>
 
 #include "cuda_ops.h"

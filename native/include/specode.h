@@ -112,6 +112,19 @@ typedef enum specode_kv_policy {
                                           last layers untouched */
 } specode_kv_policy;
 
+/* Which decoder runs a context. The CUDA backend (when the engine was built with
+ * nvcc and a device answers) holds the weights, the low-bit copy, the residual and
+ * the prefetch buffer in VRAM and the fp16 rows in pinned host RAM; it runs the
+ * full, offload-all and specache policies, kv_type f16, without kv_measure. It has
+ * no host-page sharing between contexts nor disk tier (kv_disk_dir is ignored), and
+ * specode_context_copy / track_attention are CPU-only. */
+typedef enum specode_backend {
+  SPECODE_BACKEND_CPU = 0,  /* default: the CPU decoder */
+  SPECODE_BACKEND_AUTO = 1, /* CUDA when built in, a device answers, the policy and options run there and
+                               the context fits; the CPU otherwise. specode_context_backend says which and why */
+  SPECODE_BACKEND_CUDA = 2, /* CUDA or an error saying why not */
+} specode_backend;
+
 typedef struct specode_context_params {
   uint32_t n_ctx;        /* max tokens held in the KV cache; 0: model's n_ctx_train */
   uint32_t n_batch;      /* max tokens per forward pass during prefill; 0: 256 */
@@ -144,6 +157,9 @@ typedef struct specode_context_params {
                               context of the same weights instead of recomputed; corrupt or stale
                               files are detected and recomputed. NULL or "" (default): off */
   uint64_t kv_disk_max_bytes; /* cap on the model's directory, oldest pages out; 0: 4 GiB */
+  int32_t backend;              /* specode_backend; default CPU */
+  uint64_t device_budget_bytes; /* CUDA: device memory the weights and this context may use; 0: what is free.
+                                   A context that does not fit is refused with the largest n_ctx that would */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);
@@ -151,6 +167,15 @@ specode_context_params specode_context_default_params(void);
 int32_t specode_context_init(specode_model *model, const specode_context_params *params,
                              specode_context **out);
 void specode_context_free(specode_context *ctx);
+
+/* The backend a context runs on and why it was chosen. */
+typedef struct specode_backend_info {
+  char name[8];      /* "cpu" or "cuda" */
+  char device[128];  /* the GPU's name, or the CPU kernels ("avx512", "avx2", "scalar") */
+  char reason[384];  /* why this backend: what was requested, what the CUDA probe found, what does not run there */
+} specode_backend_info;
+
+int32_t specode_context_backend(const specode_context *ctx, specode_backend_info *out);
 
 /* Tokens currently held in the KV cache (positions 0 .. n_past-1). */
 uint32_t specode_context_n_past(const specode_context *ctx);
@@ -217,6 +242,7 @@ int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t 
 typedef struct specode_kv_metrics {
   char policy[16];                  /* "full", "offload-all", "specache", "specache-sync",
                                        "streamingllm", "h2o", "kivi", "tailorkv", "gear", "kvmerger" */
+  char backend[8];                  /* "cpu" or "cuda" */
   uint64_t device_weight_bytes;     /* model weights */
   uint64_t device_lowbit_bytes;     /* low-bit K/V copy: codes + fp16 scales/zeros */
   uint64_t device_residual_bytes;   /* fp16 residual window (allocated) */
@@ -225,6 +251,9 @@ typedef struct specode_kv_metrics {
                                        layer's staged rows (offload-all) or the rows not evicted
                                        (h2o, streamingllm) */
   uint64_t device_kv_bytes;         /* sum of the four above */
+  uint64_t device_workspace_bytes;  /* CUDA: activations, logits and attention work space (0 on the CPU) */
+  uint64_t device_free_bytes;       /* CUDA: the device's free memory after the last call (0 on the CPU) */
+  uint64_t device_total_bytes;      /* CUDA: the device's memory (0 on the CPU) */
   uint64_t host_kv_bytes;           /* host pages allocated (in use and cached) */
   uint64_t fp16_kv_bytes;           /* the held tokens' K/V in fp16 (what full fp16 would need) */
   double compression_ratio;         /* fp16_kv_bytes / device_kv_bytes */
@@ -277,8 +306,8 @@ int32_t specode_context_attention_mass(const specode_context *ctx, float *out, u
 /* ---------------------------------------------------------------- CUDA probe */
 
 /* Whether a CUDA device is present, found at run time (the NVIDIA driver library is
- * opened with dlopen; nothing CUDA is linked in). The decoder is the CPU one either way
- * until the CUDA backend is wired in (issue #4); this says what was found and why not. */
+ * opened with dlopen), and whether this build has the CUDA backend; says what was found
+ * and why not. */
 typedef struct specode_cuda_info {
   int32_t available;      /* 1: a device answered */
   int32_t device_count;
@@ -286,6 +315,7 @@ typedef struct specode_cuda_info {
   char name[128];         /* device 0 */
   uint64_t total_bytes;   /* device 0's memory */
   char reason[256];       /* when not available: why */
+  int32_t backend_built;  /* 1: the engine was built with the CUDA backend (nvcc at install time) */
 } specode_cuda_info;
 
 int32_t specode_cuda_probe(specode_cuda_info *out);

@@ -256,14 +256,17 @@ int Context::cached_prefix(const int32_t *tokens, int n) const {
 }
 
 int Context::check_tokens(const int32_t *tokens, int n, std::string *err) const {
-  const Hparams &hp = model_->hp;
+  return check_decode_tokens(model_->hp, n_past_, cfg_.n_ctx, tokens, n, err);
+}
+
+int check_decode_tokens(const Hparams &hp, int n_past, int n_ctx, const int32_t *tokens, int n, std::string *err) {
   if (n <= 0) {
     *err = "decode: no tokens given (the prompt is empty)";
     return SPECODE_ERR_ARGUMENT;
   }
-  if ((int64_t)n_past_ + n > cfg_.n_ctx) {
-    *err = "decode: " + std::to_string(n) + " tokens after " + std::to_string(n_past_) +
-           " cached ones exceed the context size " + std::to_string(cfg_.n_ctx) +
+  if ((int64_t)n_past + n > n_ctx) {
+    *err = "decode: " + std::to_string(n) + " tokens after " + std::to_string(n_past) +
+           " cached ones exceed the context size " + std::to_string(n_ctx) +
            " (use a larger n_ctx or a shorter prompt)";
     return SPECODE_ERR_CONTEXT_FULL;
   }
@@ -339,15 +342,6 @@ int Context::decode_step(int32_t token, float *logits_out, int32_t *spec_out, st
   return step_locked(token, speculate, logits_out, spec_out, err);
 }
 
-namespace {
-int32_t argmax(const float *x, int n) {
-  int32_t best = 0;
-  for (int i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return best;
-}
-}  // namespace
-
 int Context::step_locked(int32_t token, bool speculate, float *logits_out, int32_t *spec_out, std::string *err) {
   const int n_vocab = model_->hp.n_vocab;
   const auto t0 = std::chrono::steady_clock::now();
@@ -420,6 +414,7 @@ void Context::publish_metrics() {
   const Hparams &hp = model_->hp;
   specode_kv_metrics m{};
   std::snprintf(m.policy, sizeof m.policy, "%s", kv_->policy());
+  std::snprintf(m.backend, sizeof m.backend, "cpu");
   m.device_weight_bytes = model_->file.data_bytes();
   m.device_lowbit_bytes = k.device_lowbit_bytes;
   m.device_residual_bytes = k.device_residual_bytes;

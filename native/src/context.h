@@ -38,6 +38,10 @@ struct ContextConfig {
   std::function<std::unique_ptr<KvCache>(const KvShape &)> make_kv;
 };
 
+// decode()'s input checks (also the CUDA backend's): tokens present, in the
+// vocabulary, and fitting after n_past; SPECODE_OK or a status with *err.
+int check_decode_tokens(const Hparams &hp, int n_past, int n_ctx, const int32_t *tokens, int n, std::string *err);
+
 class Context {
  public:
   Context(Model *model, const ContextConfig &cfg);

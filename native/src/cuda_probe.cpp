@@ -2,13 +2,14 @@
 // library is opened at run time (dlopen libcuda.so.1; nothing CUDA is linked
 // into the engine or the addon, which must load on machines without it), then
 // cuInit / cuDeviceGetCount / cuDeviceGetName / cuDeviceTotalMem describe
-// device 0. The engine's decoder is the CPU one either way (issue #4): the
-// probe lets the server report the choice and its reason.
+// device 0, so the backend choice can be reported with its reason even in a
+// build without the CUDA backend.
 #include <dlfcn.h>
 
 #include <cstdio>
 #include <cstring>
 
+#include "gpu_backend.h"
 #include "specode.h"
 
 namespace {
@@ -30,6 +31,7 @@ void reason(specode_cuda_info *out, const char *fmt, const char *a = "", int b =
 int32_t specode_cuda_probe(specode_cuda_info *out) {
   if (!out) return SPECODE_ERR_ARGUMENT;
   std::memset(out, 0, sizeof *out);
+  out->backend_built = specode::gpu_backend_built() ? 1 : 0;
   void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) {

@@ -2,10 +2,12 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 
 #include "context.h"
+#include "gpu_backend.h"
 #include "model.h"
 #include "quant.h"
 #include "sampler.h"
@@ -13,9 +15,14 @@
 
 struct specode_model {
   std::unique_ptr<specode::Model> impl;
+  std::mutex gpu_mutex;
+  std::shared_ptr<specode::GpuWeights> gpu_weights;  // uploaded by the first CUDA context
 };
+// Exactly one of impl (CPU) and gpu (CUDA) is set.
 struct specode_context {
   std::unique_ptr<specode::Context> impl;
+  std::unique_ptr<specode::GpuContext> gpu;
+  specode_backend_info backend{};
 };
 struct specode_sampler {
   std::unique_ptr<specode::Sampler> impl;
@@ -56,7 +63,8 @@ int32_t specode_model_load(const specode_model_params *params, specode_model **o
     std::string err;
     int st = specode::model_load(params->path, params->n_threads, &m, &err);
     if (st != SPECODE_OK) return set_error(st, err);
-    *out = new specode_model{std::move(m)};
+    *out = new specode_model{};
+    (*out)->impl = std::move(m);
     return SPECODE_OK;
   } catch (const std::bad_alloc &) {
     return set_error(SPECODE_ERR_NOMEM, std::string(params->path) + ": out of memory while loading");
@@ -107,12 +115,58 @@ specode_context_params specode_context_default_params(void) {
   p.kv_rerank = 4;
   p.kv_disk_dir = nullptr;
   p.kv_disk_max_bytes = 0;
+  p.backend = SPECODE_BACKEND_CPU;
+  p.device_budget_bytes = 0;
   return p;
 }
+
+namespace {
+// What keeps a context off the CUDA backend before a device is tried ("" when nothing does).
+std::string cuda_obstacle(const specode_context_params &p) {
+  if (!specode::gpu_backend_built())
+    return "this engine was built without the CUDA backend (nvcc was not found at install time)";
+  specode_cuda_info ci;
+  specode_cuda_probe(&ci);
+  if (!ci.available) return std::string("no CUDA device (") + ci.reason + ")";
+  if (p.kv_policy != SPECODE_KV_POLICY_FULL && p.kv_policy != SPECODE_KV_POLICY_OFFLOAD_ALL &&
+      p.kv_policy != SPECODE_KV_POLICY_SPECACHE)
+    return "the KV policy runs on the CPU backend only (CUDA has full, offload-all and specache)";
+  if (p.kv_type != SPECODE_KV_F16) return "kv_type f32 runs on the CPU backend only";
+  if (p.kv_measure) return "kv_measure (exact top-k overlap) runs on the CPU backend only";
+  return "";
+}
+
+// A CUDA context for params, or the status with *err saying why not.
+int32_t cuda_context(specode_model *model, const specode_context_params &p, int residual,
+                     std::unique_ptr<specode::GpuContext> *out, std::string *err) {
+  *err = cuda_obstacle(p);
+  if (!err->empty()) return SPECODE_ERR_UNSUPPORTED;
+  specode::GpuContextConfig g;
+  g.n_ctx = p.n_ctx ? (int)p.n_ctx : model->impl->hp.n_ctx_train;
+  g.policy = (specode::KvPolicy)p.kv_policy;
+  g.bits = p.kv_bits;
+  g.group = p.kv_group;
+  g.topk = p.kv_topk;
+  g.rerank = std::max(1, p.kv_rerank);
+  g.residual = residual;
+  g.budget_bytes = p.device_budget_bytes;
+  std::lock_guard<std::mutex> lock(model->gpu_mutex);
+  return specode::gpu_context_create(*model->impl, &model->gpu_weights, g, out, err);
+}
+
+void set_backend(specode_backend_info *b, const char *name, const std::string &device, const std::string &reason) {
+  copy_str(b->name, sizeof b->name, name);
+  copy_str(b->device, sizeof b->device, device);
+  copy_str(b->reason, sizeof b->reason, reason);
+}
+}  // namespace
 
 int32_t specode_context_init(specode_model *model, const specode_context_params *params, specode_context **out) {
   if (!model || !params || !out) return set_error(SPECODE_ERR_ARGUMENT, "context_init: null argument");
   *out = nullptr;
+  if (params->backend < SPECODE_BACKEND_CPU || params->backend > SPECODE_BACKEND_CUDA)
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: backend must be cpu (0), auto (1) or cuda (2), got " +
+                                               std::to_string(params->backend));
   if (params->kv_type != SPECODE_KV_F16 && params->kv_type != SPECODE_KV_F32)
     return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_type must be SPECODE_KV_F16 or SPECODE_KV_F32");
   if (params->n_ctx > (1u << 20))
@@ -186,6 +240,36 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
                                                     " does not split into 8-channel code bytes and groups of " +
                                                     std::to_string(g) + " (use the full policy)");
   }
+  // The backend: CUDA when asked for (or, with auto, when it can run this context), else the CPU.
+  std::string why_cpu = "CPU requested";
+  if (params->backend != SPECODE_BACKEND_CPU) {
+    std::unique_ptr<specode::GpuContext> gpu;
+    std::string err;
+    int32_t st;
+    try {
+      st = cuda_context(model, *params, residual, &gpu, &err);
+    } catch (const std::bad_alloc &) {
+      st = SPECODE_ERR_NOMEM;
+      err = "out of host memory for the CUDA context";
+    }
+    if (st == SPECODE_OK) {
+      specode_cuda_info ci;
+      specode_cuda_probe(&ci);
+      auto *c = new specode_context{};
+      c->gpu = std::move(gpu);
+      set_backend(&c->backend, "cuda", ci.name,
+                  std::string(params->backend == SPECODE_BACKEND_CUDA ? "CUDA requested" : "auto: a CUDA device answered") +
+                      (paged && params->kv_disk_dir && *params->kv_disk_dir
+                           ? "; the disk tier and host-page sharing are CPU-only and are off"
+                           : ""));
+      *out = c;
+      return SPECODE_OK;
+    }
+    if (params->backend == SPECODE_BACKEND_CUDA)
+      return set_error(st, "context_init: the CUDA backend cannot run this context: " + err +
+                               " (use backend auto or cpu for the CPU decoder)");
+    why_cpu = "auto: " + err;
+  }
   specode::ContextConfig cfg;
   cfg.n_ctx = (int)params->n_ctx;
   cfg.n_batch = params->n_batch ? (int)params->n_batch : 256;
@@ -205,7 +289,10 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   if (paged && params->kv_disk_dir && *params->kv_disk_dir) cfg.kv_disk_dir = params->kv_disk_dir;
   cfg.kv_disk_max_bytes = params->kv_disk_max_bytes;
   try {
-    *out = new specode_context{std::make_unique<specode::Context>(model->impl.get(), cfg)};
+    auto *c = new specode_context{};
+    c->impl = std::make_unique<specode::Context>(model->impl.get(), cfg);
+    set_backend(&c->backend, "cpu", specode::quant_kernel_set(), why_cpu);
+    *out = c;
     return SPECODE_OK;
   } catch (const std::bad_alloc &) {
     return set_error(SPECODE_ERR_NOMEM, "context_init: out of memory for a " + std::to_string(params->n_ctx) +
@@ -215,17 +302,28 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
 
 void specode_context_free(specode_context *ctx) { delete ctx; }
 
-uint32_t specode_context_n_past(const specode_context *ctx) { return ctx ? (uint32_t)ctx->impl->n_past() : 0; }
+int32_t specode_context_backend(const specode_context *ctx, specode_backend_info *out) {
+  if (!ctx || !out) return set_error(SPECODE_ERR_ARGUMENT, "context_backend: null argument");
+  *out = ctx->backend;
+  return SPECODE_OK;
+}
+
+uint32_t specode_context_n_past(const specode_context *ctx) {
+  return !ctx ? 0 : ctx->gpu ? (uint32_t)ctx->gpu->n_past() : (uint32_t)ctx->impl->n_past();
+}
 
 int32_t specode_context_truncate(specode_context *ctx, uint32_t n_keep) {
   if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "context_truncate: null context");
   std::string err;
-  int st = ctx->impl->truncate((int)n_keep, &err);
+  int st = ctx->gpu ? ctx->gpu->truncate((int)n_keep, &err) : ctx->impl->truncate((int)n_keep, &err);
   return st == SPECODE_OK ? st : set_error(st, err);
 }
 
 int32_t specode_context_copy(specode_context *dst, const specode_context *src) {
   if (!dst || !src) return set_error(SPECODE_ERR_ARGUMENT, "context_copy: null context");
+  if (dst->gpu || src->gpu)
+    return set_error(SPECODE_ERR_UNSUPPORTED, "context_copy runs on the CPU backend only (create both contexts with "
+                                              "backend cpu)");
   try {
     std::string err;
     int st = dst->impl->copy_from(*src->impl, &err);
@@ -240,7 +338,8 @@ int32_t specode_decode(specode_context *ctx, const int32_t *tokens, uint32_t n_t
   if (!ctx || (!tokens && n_tokens)) return set_error(SPECODE_ERR_ARGUMENT, "decode: null argument");
   try {
     std::string err;
-    int st = ctx->impl->decode(tokens, (int)n_tokens, all_logits != 0, logits_out, &err);
+    int st = ctx->gpu ? ctx->gpu->decode(tokens, (int)n_tokens, all_logits != 0, logits_out, &err)
+                      : ctx->impl->decode(tokens, (int)n_tokens, all_logits != 0, logits_out, &err);
     return st == SPECODE_OK ? st : set_error(st, err);
   } catch (const std::bad_alloc &) {
     return set_error(SPECODE_ERR_NOMEM, "decode: out of memory");
@@ -248,16 +347,20 @@ int32_t specode_decode(specode_context *ctx, const int32_t *tokens, uint32_t n_t
 }
 
 void specode_context_cancel(specode_context *ctx) {
-  if (ctx) ctx->impl->cancel();
+  if (ctx && ctx->gpu) ctx->gpu->cancel();
+  else if (ctx) ctx->impl->cancel();
 }
 
-const float *specode_context_logits(const specode_context *ctx) { return ctx ? ctx->impl->last_logits() : nullptr; }
+const float *specode_context_logits(const specode_context *ctx) {
+  return !ctx ? nullptr : ctx->gpu ? ctx->gpu->last_logits() : ctx->impl->last_logits();
+}
 
 int32_t specode_decode_spec(specode_context *ctx, int32_t real_token, float *logits_real, int32_t *spec_token_out) {
   if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "decode_spec: null context");
   try {
     std::string err;
-    int st = ctx->impl->decode_step(real_token, logits_real, spec_token_out, &err);
+    int st = ctx->gpu ? ctx->gpu->decode_step(real_token, logits_real, spec_token_out, &err)
+                      : ctx->impl->decode_step(real_token, logits_real, spec_token_out, &err);
     return st == SPECODE_OK ? st : set_error(st, err);
   } catch (const std::bad_alloc &) {
     return set_error(SPECODE_ERR_NOMEM, "decode_spec: out of memory");
@@ -268,22 +371,26 @@ int32_t specode_context_cached_prefix(const specode_context *ctx, const int32_t 
                                       uint32_t *n_cached) {
   if (!ctx || !n_cached || (!tokens && n_tokens))
     return set_error(SPECODE_ERR_ARGUMENT, "context_cached_prefix: null argument");
-  *n_cached = (uint32_t)ctx->impl->cached_prefix(tokens, (int)n_tokens);
+  *n_cached = (uint32_t)(ctx->gpu ? ctx->gpu->cached_prefix(tokens, (int)n_tokens)
+                                   : ctx->impl->cached_prefix(tokens, (int)n_tokens));
   return SPECODE_OK;
 }
 
 int32_t specode_context_metrics(const specode_context *ctx, specode_kv_metrics *out) {
   if (!ctx || !out) return set_error(SPECODE_ERR_ARGUMENT, "context_metrics: null argument");
-  ctx->impl->metrics(out);
+  if (ctx->gpu) ctx->gpu->metrics(out);
+  else ctx->impl->metrics(out);
   return SPECODE_OK;
 }
 
 void specode_context_reset_metrics(specode_context *ctx) {
-  if (ctx) ctx->impl->reset_metrics();
+  if (ctx && ctx->gpu) ctx->gpu->reset_metrics();
+  else if (ctx) ctx->impl->reset_metrics();
 }
 
 int32_t specode_context_track_attention(specode_context *ctx, int32_t on) {
   if (!ctx) return set_error(SPECODE_ERR_ARGUMENT, "context_track_attention: null context");
+  if (ctx->gpu) return set_error(SPECODE_ERR_UNSUPPORTED, "context_track_attention runs on the CPU backend only");
   if (!ctx->impl->kv_mut().track_attention(on != 0))
     return set_error(SPECODE_ERR_UNSUPPORTED, std::string("context_track_attention: the KV policy '") +
                                                   ctx->impl->kv().policy() + "' has no attention read-out (specache has)");
@@ -292,6 +399,7 @@ int32_t specode_context_track_attention(specode_context *ctx, int32_t on) {
 
 int32_t specode_context_attention_mass(const specode_context *ctx, float *out, uint32_t n) {
   if (!ctx || (!out && n)) return set_error(SPECODE_ERR_ARGUMENT, "context_attention_mass: null argument");
+  if (ctx->gpu) return set_error(SPECODE_ERR_UNSUPPORTED, "context_attention_mass runs on the CPU backend only");
   const int got = ctx->impl->kv().attention_mass(out, (int)std::min<uint32_t>(n, (uint32_t)ctx->impl->n_ctx()));
   if (got < 0)
     return set_error(SPECODE_ERR_UNSUPPORTED, std::string("context_attention_mass: the KV policy '") +

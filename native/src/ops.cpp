@@ -154,4 +154,11 @@ void axpy_f32(float a, const float *x, float *y, int n) { kernels().axpy_f32(a, 
 void axpy_f16(float a, const uint16_t *x, float *y, int n) { kernels().axpy_f16(a, x, y, n); }
 void f32_to_f16_row(const float *src, uint16_t *dst, int n) { kernels().to_f16(src, dst, n); }
 
+int32_t argmax(const float *x, int n) {
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
 }  // namespace specode

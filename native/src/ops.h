@@ -19,6 +19,9 @@ void swiglu(const float *gate, const float *up, float *out, int64_t n);
 // y[i] += x[i]; [n].
 void add_inplace(float *y, const float *x, int64_t n);
 
+// Index of the largest of x[0..n) (the first of equals): greedy choice.
+int32_t argmax(const float *x, int n);
+
 // Fast dot products and row updates used by attention (SIMD when the CPU has it).
 float dot_f32(const float *a, const float *b, int n);
 float dot_f16_f32(const uint16_t *a, const float *b, int n);

@@ -20,10 +20,13 @@ static double now_s(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fprintf(stderr, "usage: specode-run MODEL.gguf [-t THREADS] [-n N_GEN] [-c N_CTX] [-p N_PROMPT] [ids...]\n");
+    fprintf(stderr,
+            "usage: specode-run MODEL.gguf [-t THREADS] [-n N_GEN] [-c N_CTX] [-p N_PROMPT] [-b cpu|auto|cuda]\n"
+            "                  [-k full|offload-all|specache] [ids...]\n");
     return argc < 2 ? 2 : 0;
   }
   int threads = 0, n_gen = 16, n_ctx = 4096, n_prompt = 0;
+  int backend = SPECODE_BACKEND_CPU, policy = SPECODE_KV_POLICY_FULL;
   int32_t *ids = calloc((size_t)argc + 65536, sizeof(int32_t));
   int n_ids = 0;
   for (int i = 2; i < argc; ++i) {
@@ -31,7 +34,23 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "-n") && i + 1 < argc) n_gen = atoi(argv[++i]);
     else if (!strcmp(argv[i], "-c") && i + 1 < argc) n_ctx = atoi(argv[++i]);
     else if (!strcmp(argv[i], "-p") && i + 1 < argc) n_prompt = atoi(argv[++i]);
-    else ids[n_ids++] = atoi(argv[i]);
+    else if (!strcmp(argv[i], "-b") && i + 1 < argc) {
+      const char *b = argv[++i];
+      backend = !strcmp(b, "cuda") ? SPECODE_BACKEND_CUDA : !strcmp(b, "auto") ? SPECODE_BACKEND_AUTO : SPECODE_BACKEND_CPU;
+      if (strcmp(b, "cpu") && backend == SPECODE_BACKEND_CPU) {
+        fprintf(stderr, "specode-run: -b takes cpu, auto or cuda, not '%s'\n", b);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "-k") && i + 1 < argc) {
+      const char *k = argv[++i];
+      policy = !strcmp(k, "specache") ? SPECODE_KV_POLICY_SPECACHE
+               : !strcmp(k, "offload-all") ? SPECODE_KV_POLICY_OFFLOAD_ALL
+                                           : SPECODE_KV_POLICY_FULL;
+      if (strcmp(k, "full") && policy == SPECODE_KV_POLICY_FULL) {
+        fprintf(stderr, "specode-run: -k takes full, offload-all or specache, not '%s'\n", k);
+        return 2;
+      }
+    } else ids[n_ids++] = atoi(argv[i]);
   }
   if (n_ids == 0) {
     if (n_prompt <= 0) n_prompt = 8;
@@ -54,11 +73,16 @@ int main(int argc, char **argv) {
           specode_cpu_kernels(), now_s() - t0);
   specode_context_params cp = specode_context_default_params();
   cp.n_ctx = (uint32_t)n_ctx;
+  cp.backend = backend;
+  cp.kv_policy = policy;
   specode_context *ctx = NULL;
   if (specode_context_init(model, &cp, &ctx) != SPECODE_OK) {
     fprintf(stderr, "specode-run: %s\n", specode_last_error());
     return 1;
   }
+  specode_backend_info bi;
+  specode_context_backend(ctx, &bi);
+  fprintf(stderr, "backend %s (%s): %s\n", bi.name, bi.device, bi.reason);
   float *logits = malloc(sizeof(float) * (size_t)info.n_vocab);
   t0 = now_s();
   if (specode_decode(ctx, ids, (uint32_t)n_ids, 0, logits) != SPECODE_OK) {

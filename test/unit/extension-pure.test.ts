@@ -54,6 +54,23 @@ test('details page marks engine figures as not reported instead of inventing the
   assert.match(withEngine, /\| specache\.hitRate \| 0\.5 \|/);
 });
 
+test('device memory by kind: VRAM used/total only from a CUDA engine; the CPU backend says its device tier is RAM', () => {
+  const MiB = 1 << 20;
+  const cuda = { backend: 0, deviceWeightBytes: 900 * MiB, deviceLowbitBytes: 40 * MiB, deviceResidualBytes: 7 * MiB, devicePrefetchBytes: 8 * MiB, deviceFullBytes: 0, deviceWorkspaceBytes: 300 * MiB, deviceFreeBytes: 70 * 1024 * MiB, deviceTotalBytes: 80 * 1024 * MiB, hostKvBytes: 900 * MiB };
+  assert.deepEqual(figureParts({ deviceBytes: 55 * MiB, engine: cuda }), ['dev 55.0 MiB', 'VRAM 10.00 GiB/80.00 GiB']);
+  const md = detailsMarkdown({ ...base, figures: { engine: cuda } }, 'running', 0);
+  assert.match(md, /## Device memory\n/);
+  assert.match(md, /\| low-bit KV \| 40\.0 MiB \|/);
+  assert.match(md, /\| workspace \| 300\.0 MiB \|/);
+  assert.match(md, /\| free \/ total on the device \| 70\.00 GiB \/ 80\.00 GiB \|/);
+  assert.match(md, /host KV \(fp16 rows, pinned\)/);
+  const cpu = { ...cuda, deviceFreeBytes: 0, deviceTotalBytes: 0, deviceWorkspaceBytes: 0 };
+  assert.deepEqual(figureParts({ deviceBytes: 55 * MiB, engine: cpu }), ['dev 55.0 MiB']);
+  const cpuMd = detailsMarkdown({ ...base, figures: { engine: cpu } }, 'running', 0);
+  assert.match(cpuMd, /CPU backend: held in RAM, counted as VRAM would be/);
+  assert.doesNotMatch(cpuMd, /free \/ total/);
+});
+
 test('formatBytes', () => {
   assert.equal(formatBytes(512), '512 B');
   assert.equal(formatBytes(1536), '1.5 KiB');

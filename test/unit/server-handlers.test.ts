@@ -356,12 +356,16 @@ test('changing the model settings reopens the engine before the next request', a
   assert.equal(engine.closed, true);
 });
 
-test('backend choice: the CPU decoder, with what the CUDA probe found; specode.backend cuda is refused with the reason', async () => {
-  const { chooseBackend } = await import('../../server/src/lsp/engine');
-  const none = { available: false, deviceCount: 0, driverVersion: 0, name: '', totalBytes: 0, reason: 'no NVIDIA driver (libcuda.so.1 not found)' };
-  assert.equal(chooseBackend('auto', 'avx512', none), 'cpu (avx512) — CUDA: no NVIDIA driver (libcuda.so.1 not found)');
-  assert.equal(chooseBackend('cpu', 'avx2', none), 'cpu (avx2) — CPU requested');
-  const h100 = { available: true, deviceCount: 1, driverVersion: 13000, name: 'NVIDIA H100 80GB HBM3', totalBytes: 80 * 2 ** 30, reason: '' };
-  assert.match(chooseBackend('auto', 'avx512', h100), /H100 80GB HBM3 found \(80 GiB\), but the CUDA decoder is not wired in yet/);
-  assert.throws(() => chooseBackend('cuda', 'avx512', none), (e: Error & { hint?: string }) => /cannot run on CUDA here — CUDA: no NVIDIA driver/.test(e.message) && /'auto'/.test(e.hint ?? ''));
+test('backend request: cuda is refused before loading where the probe already says why; the line names the decoder and the reason', async () => {
+  const { checkBackendRequest } = await import('../../server/src/lsp/engine');
+  const { describeBackend } = await import('../../server/src/engine/native');
+  const none = { available: false, deviceCount: 0, driverVersion: 0, name: '', totalBytes: 0, reason: 'no NVIDIA driver (libcuda.so.1 not found)', backendBuilt: true };
+  const h100 = { available: true, deviceCount: 1, driverVersion: 13000, name: 'NVIDIA H100 80GB HBM3', totalBytes: 80 * 2 ** 30, reason: '', backendBuilt: true };
+  assert.doesNotThrow(() => checkBackendRequest('auto', none));
+  assert.doesNotThrow(() => checkBackendRequest('cpu', none));
+  assert.doesNotThrow(() => checkBackendRequest('cuda', h100));
+  assert.throws(() => checkBackendRequest('cuda', none), (e: Error & { hint?: string }) => /cannot run on CUDA here — CUDA: no NVIDIA driver/.test(e.message) && /'auto'/.test(e.hint ?? ''));
+  assert.throws(() => checkBackendRequest('cuda', { ...h100, backendBuilt: false }), /built without the CUDA backend/);
+  assert.equal(describeBackend({ name: 'cuda', device: 'NVIDIA H100 80GB HBM3', reason: 'auto: a CUDA device answered' }), 'cuda (NVIDIA H100 80GB HBM3) — auto: a CUDA device answered');
+  assert.equal(describeBackend({ name: 'cpu', device: 'avx2', reason: 'CPU requested' }), 'cpu (avx2) — CPU requested');
 });

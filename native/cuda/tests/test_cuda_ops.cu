@@ -611,6 +611,145 @@ void specache_with_all_rows_is_full(specode_model *model) {
   report("specache_with_all_rows_is_full", ok && worst <= 1e-4 && ta == tb, detail);
 }
 
+// The engine's C API with backend CUDA against the same calls with backend CPU: a prompt,
+// generation steps (specode_decode_spec: specache's pre-decode and two-token steps), a
+// truncate into the prompt and a re-decode (the server's prefix reuse), a batch with every
+// row's logits; the same greedy tokens and logits within tol, and the backend, metrics and
+// refusals a caller sees.
+void c_api_matches_cpu(specode_model *model, int policy, double tol) {
+  const char *names[] = {"full", "offload-all", "specache"};
+  const int V = engine_model(model)->hp.n_vocab, plen = 600, steps = 24;
+  const auto prompt = tinygguf::prompt(plen, 11);
+  specode_context_params cp = specode_context_default_params();
+  cp.n_ctx = 1024;
+  cp.kv_policy = policy;
+  cp.kv_topk = 16;
+  specode_context *cpu = nullptr, *gpu = nullptr;
+  char detail[400];
+  if (specode_context_init(model, &cp, &cpu) != SPECODE_OK) {
+    report("c_api_matches_cpu", false, specode_last_error());
+    return;
+  }
+  cp.backend = SPECODE_BACKEND_CUDA;
+  if (specode_context_init(model, &cp, &gpu) != SPECODE_OK) {
+    report("c_api_matches_cpu", false, specode_last_error());
+    specode_context_free(cpu);
+    return;
+  }
+  specode_backend_info bi;
+  specode_context_backend(gpu, &bi);
+  double worst = 0;
+  int agree = 0, total = 0, spec_agree = 0;
+  bool ok = std::strcmp(bi.name, "cuda") == 0;
+  std::string why = ok ? "" : std::string("backend ") + bi.name + ": " + bi.reason;
+  std::vector<float> la(V), lb(V);
+  // Greedy steps on both, each fed the CPU's token (so one early flip does not cascade).
+  auto run_steps = [&](int n) {
+    int32_t real = argmax_of(la.data(), V);
+    for (int i = 0; i < n && ok; ++i) {
+      int32_t sa = -1, sb = -1;
+      if (specode_decode_spec(cpu, real, la.data(), &sa) != SPECODE_OK || specode_decode_spec(gpu, real, lb.data(), &sb) != SPECODE_OK) {
+        ok = false;
+        why = std::string("decode_spec: ") + specode_last_error();
+        break;
+      }
+      worst = std::max(worst, rel_diff(la.data(), lb.data(), V));
+      agree += argmax_of(la.data(), V) == argmax_of(lb.data(), V);
+      spec_agree += sa == sb;
+      ++total;
+      real = argmax_of(la.data(), V);
+    }
+  };
+  auto prefill = [&](const int32_t *t, int n) {
+    if (!ok) return;
+    if (specode_decode(cpu, t, (uint32_t)n, 0, la.data()) != SPECODE_OK || specode_decode(gpu, t, (uint32_t)n, 0, lb.data()) != SPECODE_OK) {
+      ok = false;
+      why = std::string("decode: ") + specode_last_error();
+      return;
+    }
+    worst = std::max(worst, rel_diff(la.data(), lb.data(), V));
+  };
+  prefill(prompt.data(), plen);
+  run_steps(steps);
+  // Prefix reuse: keep 550 prompt tokens, decode a different tail, generate again.
+  uint32_t cached = 0;
+  std::vector<int32_t> edited(prompt.begin(), prompt.begin() + 550);
+  for (int i = 0; i < 40; ++i) edited.push_back((int32_t)((i * 7 + 3) % V));
+  specode_context_cached_prefix(gpu, edited.data(), (uint32_t)edited.size(), &cached);
+  if (ok && cached != 550) {
+    ok = false;
+    why = "cached_prefix " + std::to_string(cached) + ", expected 550";
+  }
+  if (ok && (specode_context_truncate(cpu, 550) != SPECODE_OK || specode_context_truncate(gpu, 550) != SPECODE_OK)) {
+    ok = false;
+    why = std::string("truncate: ") + specode_last_error();
+  }
+  prefill(edited.data() + 550, 40);
+  run_steps(steps);
+  // Every row's logits.
+  std::vector<float> all_a((size_t)5 * V), all_b((size_t)5 * V);
+  if (ok && (specode_decode(cpu, edited.data(), 5, 1, all_a.data()) != SPECODE_OK ||
+             specode_decode(gpu, edited.data(), 5, 1, all_b.data()) != SPECODE_OK)) {
+    ok = false;
+    why = std::string("all_logits: ") + specode_last_error();
+  }
+  for (int r = 0; ok && r < 5; ++r) worst = std::max(worst, rel_diff(all_a.data() + (size_t)r * V, all_b.data() + (size_t)r * V, V));
+  specode_kv_metrics m{};
+  specode_context_metrics(gpu, &m);
+  const bool metrics_ok = std::strcmp(m.backend, "cuda") == 0 && m.device_total_bytes > 0 && m.device_kv_bytes > 0 &&
+                          m.device_weight_bytes > 0 && m.steps == (uint64_t)(2 * steps) &&
+                          (policy != SPECODE_KV_POLICY_SPECACHE || (m.device_lowbit_bytes > 0 && m.fetch_bytes_total > 0));
+  if (ok && !metrics_ok) {
+    ok = false;
+    why = "metrics: backend " + std::string(m.backend) + ", steps " + std::to_string(m.steps) + ", device total " +
+          std::to_string(m.device_total_bytes) + ", low-bit " + std::to_string(m.device_lowbit_bytes);
+  }
+  const bool copy_refused = specode_context_copy(gpu, cpu) == SPECODE_ERR_UNSUPPORTED;
+  specode_context_free(cpu);
+  specode_context_free(gpu);
+  std::snprintf(detail, sizeof detail,
+                "%s: %s worst |logit difference| / range %.2e (tolerance %.0e); %d/%d steps on the same token, %d/%d "
+                "speculative tokens equal%s",
+                names[policy], why.c_str(), worst, tol, agree, total, spec_agree, total,
+                copy_refused ? "" : "; context_copy not refused");
+  report("c_api_matches_cpu", ok && worst <= tol && agree == total && copy_refused, detail);
+}
+
+// What the C API says about backends: auto moves a CPU-only policy to the CPU with the reason;
+// cuda refuses it; a device budget too small is refused with the context that would fit.
+void c_api_backend_choice(specode_model *model) {
+  specode_context_params cp = specode_context_default_params();
+  cp.n_ctx = 512;
+  cp.kv_policy = SPECODE_KV_POLICY_H2O;
+  cp.backend = SPECODE_BACKEND_AUTO;
+  specode_context *ctx = nullptr;
+  specode_backend_info bi{};
+  bool ok = specode_context_init(model, &cp, &ctx) == SPECODE_OK;
+  if (ok) {
+    specode_context_backend(ctx, &bi);
+    ok = std::strcmp(bi.name, "cpu") == 0 && std::strstr(bi.reason, "CPU backend only");
+    specode_context_free(ctx);
+  }
+  cp.backend = SPECODE_BACKEND_CUDA;
+  const bool refused = specode_context_init(model, &cp, &ctx) == SPECODE_ERR_UNSUPPORTED;
+  cp.kv_policy = SPECODE_KV_POLICY_FULL;
+  cp.device_budget_bytes = 1 << 20;  // 1 MiB: not even the weights' share
+  const bool small = specode_context_init(model, &cp, &ctx) == SPECODE_ERR_NOMEM && std::strstr(specode_last_error(), "fit");
+  const std::string small_msg = specode_last_error();
+  cp.device_budget_bytes = 0;
+  cp.backend = SPECODE_BACKEND_AUTO;
+  bool auto_cuda = specode_context_init(model, &cp, &ctx) == SPECODE_OK;
+  if (auto_cuda) {
+    specode_context_backend(ctx, &bi);
+    auto_cuda = std::strcmp(bi.name, "cuda") == 0;
+    specode_context_free(ctx);
+  }
+  char detail[400];
+  std::snprintf(detail, sizeof detail, "auto+h2o → cpu with reason: %s; cuda+h2o refused: %s; 1 MiB budget: %s; auto+full → cuda: %s",
+                ok ? "yes" : "no", refused ? "yes" : "no", small ? "refused" : small_msg.c_str(), auto_cuda ? "yes" : "no");
+  report("c_api_backend_choice", ok && refused && small && auto_cuda, detail);
+}
+
 }  // namespace
 
 int main() {
@@ -666,6 +805,10 @@ int main() {
       policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 2-bit k 16", spec2, 600, 48, 1e-3);
       policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 1-bit k 16", spec1, 600, 48, 1e-3);
       policy_matches_cpu(tiny8.model, "tiny 8 layers, specache 2-bit k 16, fetch 300 us late", slow, 600, 24, 1e-3);
+      c_api_matches_cpu(tiny8.model, SPECODE_KV_POLICY_FULL, 1e-4);
+      c_api_matches_cpu(tiny8.model, SPECODE_KV_POLICY_OFFLOAD_ALL, 1e-4);
+      c_api_matches_cpu(tiny8.model, SPECODE_KV_POLICY_SPECACHE, 1e-3);
+      c_api_backend_choice(tiny8.model);
     } else {
       report("policy_matches_cpu", false, "tiny 8-layer model did not load");
     }

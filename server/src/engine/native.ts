@@ -11,6 +11,25 @@ export interface CudaInfo {
   name: string;
   totalBytes: number;
   reason: string;
+  /** The engine was built with the CUDA backend (nvcc at install time). */
+  backendBuilt?: boolean;
+}
+
+/** Which decoder a context runs on and why (specode_context_backend). */
+export interface BackendInfo {
+  name: 'cpu' | 'cuda';
+  /** The GPU's name, or the CPU kernel set. */
+  device: string;
+  /** What was asked for, what the CUDA probe found, what does not run on CUDA. */
+  reason: string;
+}
+
+export type Backend = 'cpu' | 'auto' | 'cuda';
+
+/** One line for people: "cuda (NVIDIA H100 80GB HBM3) — auto: a CUDA device answered". */
+export function describeBackend(b: BackendInfo | undefined): string {
+  if (!b) return 'backend not reported';
+  return `${b.name} (${b.device || '?'}) — ${b.reason}`;
 }
 
 export interface ModelInfo {
@@ -90,6 +109,15 @@ export interface ContextOptions {
   pageTokens?: number;
   /** specache: also compute each real token's true top-k to report top-k overlap (slow). */
   measure?: boolean;
+  /**
+   * Decoder (default 'cpu'). 'auto': CUDA when the engine has it, a device answers, the policy
+   * is full, offload-all or specache (kvType f16, no `measure`) and the context fits; the CPU
+   * otherwise. 'cuda': CUDA or an error saying why not. On CUDA there is no disk tier nor page
+   * sharing between contexts, and copyFrom / trackAttention are CPU-only.
+   */
+  backend?: Backend;
+  /** CUDA: device memory the weights and this context may use (0 or absent: what is free). */
+  deviceBudgetBytes?: number;
 }
 
 export type KvPolicy =
@@ -107,6 +135,7 @@ export type KvPolicy =
 /** What the KV policy holds and moves ("device" = accelerator tier; in RAM on the CPU backend). */
 export interface KvMetrics {
   policy: KvPolicy;
+  backend: 'cpu' | 'cuda';
   deviceWeightBytes: number;
   /** Low-bit K/V copy: codes + fp16 scales/zeros. */
   deviceLowbitBytes: number;
@@ -118,6 +147,11 @@ export interface KvMetrics {
   deviceFullBytes: number;
   /** Sum of the four device KV kinds. */
   deviceKvBytes: number;
+  /** CUDA: activations, logits and attention work space (0 on the CPU). */
+  deviceWorkspaceBytes: number;
+  /** CUDA: the device's free and total memory after the last call (0 on the CPU). */
+  deviceFreeBytes: number;
+  deviceTotalBytes: number;
   /** Host pages allocated (in use and cached). */
   hostKvBytes: number;
   /** The held tokens' K/V in fp16. */
@@ -167,6 +201,8 @@ export interface DecodeOptions {
 export interface NativeContext {
   /** Tokens held in the KV cache. */
   readonly nPast: number;
+  /** The decoder this context runs on and why. */
+  readonly backend: BackendInfo;
   /** Process tokens at positions nPast.. ; resolves with logits (or null when not wanted). */
   decode(tokens: Int32Array, opts?: DecodeOptions): Promise<Float32Array | null>;
   /**

@@ -3,7 +3,7 @@
 import { basename, join } from 'node:path';
 import { cacheDir } from '../models/registry';
 import { UserError } from '../errors';
-import { loadAddon, type ContextOptions, type CudaInfo } from '../engine/native';
+import { describeBackend, loadAddon, type ContextOptions, type CudaInfo } from '../engine/native';
 import { Session, type GenerateOptions, type GenerateResult } from '../engine/session';
 import type { ModelSummary, ServerConfig } from '../protocol';
 
@@ -16,7 +16,7 @@ export interface EngineModel extends ModelSummary {
 
 export interface Engine {
   readonly model: EngineModel;
-  /** e.g. "cpu (avx2)". */
+  /** e.g. "cpu (avx2) — auto: no CUDA device (…)": the decoder and why it was chosen. */
   readonly backend: string;
   /** Token ids; `first` adds BOS when the model wants one. Control tokens written in the text are parsed. */
   encode(text: string, first: boolean): number[];
@@ -135,25 +135,28 @@ function flattenNumbers(o: Record<string, unknown>, prefix: string, out: Record<
 }
 
 /**
- * The backend the engine runs and why: the CPU decoder (the CUDA one is not wired in yet,
- * issue #4), with what the CUDA probe found. `specode.backend: cuda` is refused with the reason.
+ * Before a model is loaded: `specode.backend: cuda` where the engine already knows CUDA cannot
+ * run (built without it, or no device answers) fails at once, saying why and what to do.
  */
-export function chooseBackend(requested: ServerConfig['backend'], cpuKernels: string, cuda: CudaInfo | undefined): string {
-  const found = !cuda
-    ? 'CUDA: not probed (addon without cudaProbe)'
-    : cuda.available
-      ? `CUDA: ${cuda.name || 'a device'} found (${(cuda.totalBytes / 2 ** 30).toFixed(0)} GiB), but the CUDA decoder is not wired in yet`
-      : `CUDA: ${cuda.reason}`;
-  if (requested === 'cuda')
-    throw new UserError(`specode.backend is 'cuda', but the engine cannot run on CUDA here — ${found}.`, "set specode.backend to 'auto' (or 'cpu') to use the CPU decoder");
-  return `cpu (${cpuKernels}) — ${requested === 'cpu' ? 'CPU requested' : found}`;
+export function checkBackendRequest(requested: ServerConfig['backend'], cuda: CudaInfo | undefined): void {
+  if (requested !== 'cuda' || !cuda) return;
+  const why = cuda.backendBuilt === false
+    ? 'this engine was built without the CUDA backend (nvcc was not found at install time)'
+    : !cuda.available ? `CUDA: ${cuda.reason}` : '';
+  if (why) throw new UserError(`specode.backend is 'cuda', but the engine cannot run on CUDA here — ${why}.`, BACKEND_HINT);
 }
+
+const BACKEND_HINT = "set specode.backend to 'auto' (or 'cpu') to use the CPU decoder";
 
 export const openSessionEngine: EngineFactory = async (modelPath, config) => {
   const threads = Number(process.env.SPECODE_THREADS) || undefined;
   const addon = loadAddon();
-  const chosen = chooseBackend(config.backend, addon.cpuKernels(), addon.cudaProbe?.());
-  const session = await Session.open(modelPath, { ...contextOptions(config), threads });
+  checkBackendRequest(config.backend, addon.cudaProbe?.());
+  const session = await Session.open(modelPath, { ...contextOptions(config), threads }).catch((e: Error & { code?: string }) => {
+    // What the engine says when CUDA was asked for and the context cannot run there (no room, policy).
+    if (config.backend === 'cuda' && (e.code === 'UNSUPPORTED' || e.code === 'NOMEM')) throw new UserError(e.message, BACKEND_HINT);
+    throw e;
+  });
   const info = session.info;
   const model: EngineModel = {
     name: info.name || basename(modelPath),
@@ -167,7 +170,5 @@ export const openSessionEngine: EngineFactory = async (modelPath, config) => {
     nHeadKv: info.nHeadKv,
     headDim: info.headDim,
   };
-  const ctxBackend = (session.ctx as unknown as { backend?: unknown }).backend;
-  const backend = typeof ctxBackend === 'string' ? ctxBackend : chosen;
-  return new SessionEngine(session, model, backend);
+  return new SessionEngine(session, model, describeBackend(session.ctx.backend));
 };
