@@ -43,6 +43,7 @@ class CudaContext final : public GpuContext {
 
   int decode(const int32_t *tokens, int n, bool all_logits, float *logits_out, std::string *err) override {
     cancel_.store(false);
+    if (broken(err)) return SPECODE_ERR_UNSUPPORTED;
     int st = check_decode_tokens(weights_->model->hp, dc_->n_past(), dc_->n_ctx(), tokens, n, err);
     if (st != SPECODE_OK) return st;
     if (n == 1 && dc_->n_past() > 0) return step(tokens[0], policy_ == KvPolicy::Specache, logits_out, nullptr, err);
@@ -54,7 +55,7 @@ class CudaContext final : public GpuContext {
     if (st == SPECODE_ERR_CANCELLED) {
       *err = "decode cancelled after " + std::to_string(dc_->n_past() - before) + " of " + std::to_string(n) + " tokens";
     } else if (st != SPECODE_OK) {
-      *err = cuda_message("decode: the CUDA prefill failed");
+      *err = fail(cuda_message("decode: the CUDA prefill failed"));
     } else {
       if (all_logits && logits_out) std::memcpy(logits_.data(), logits_out + (size_t)(n - 1) * n_vocab_, n_vocab_ * sizeof(float));
       else if (logits_out) std::memcpy(logits_out, logits_.data(), n_vocab_ * sizeof(float));
@@ -66,6 +67,7 @@ class CudaContext final : public GpuContext {
 
   int decode_step(int32_t token, float *logits_out, int32_t *spec_out, std::string *err) override {
     cancel_.store(false);
+    if (broken(err)) return SPECODE_ERR_UNSUPPORTED;
     int st = check_decode_tokens(weights_->model->hp, dc_->n_past(), dc_->n_ctx(), &token, 1, err);
     if (st != SPECODE_OK) return st;
     if (dc_->n_past() == 0) {
@@ -82,13 +84,14 @@ class CudaContext final : public GpuContext {
       *err = "truncate: n_keep must be >= 0";
       return SPECODE_ERR_ARGUMENT;
     }
+    if (broken(err)) return SPECODE_ERR_UNSUPPORTED;
     if (n_keep >= dc_->n_past()) return SPECODE_OK;
     const int st = dc_->truncate(n_keep);
     tokens_.resize(dc_->n_past());
     has_logits_ = false;
     forget_speculation();
     publish_metrics();
-    if (st != SPECODE_OK) *err = cuda_message("truncate: the CUDA context failed");
+    if (st != SPECODE_OK) *err = fail(cuda_message("truncate: the CUDA context failed"));
     return st;
   }
 
@@ -117,11 +120,28 @@ class CudaContext final : public GpuContext {
  private:
   void forget_speculation() { next_spec_ = last_guess_ = -1; }
 
+  // A CUDA failure part way through a pass can leave the device state (residual window,
+  // low-bit copy, position count) out of step; the context refuses further work rather than
+  // decode from it.
+  std::string fail(std::string msg) {
+    failed_ = msg;
+    return msg;
+  }
+  bool broken(std::string *err) const {
+    if (failed_.empty()) return false;
+    *err = "the CUDA context failed earlier (" + failed_ + "); free it and create a new one";
+    return true;
+  }
+
   // One generation step (context.cpp step_locked on the device).
   int step(int32_t token, bool speculate, float *logits_out, int32_t *spec_out, std::string *err) {
     const auto t0 = std::chrono::steady_clock::now();
     has_logits_ = false;
     if (spec_out) *spec_out = -1;
+    if (speculate && last_guess_ >= 0) {
+      ++spec_checked_;
+      spec_matched_ += token == last_guess_ ? 1 : 0;
+    }
     if (speculate && dc_->n_past() + 2 > dc_->n_ctx()) {
       // The last position: no room for a speculative row; a plain step (held rows stay).
       speculate = false;
@@ -135,10 +155,6 @@ class CudaContext final : public GpuContext {
       fetched += dc_->last_step().fetched_bytes;
       stall_ms += dc_->last_step().stall_ms;
     } else {
-      if (last_guess_ >= 0) {
-        ++spec_checked_;
-        spec_matched_ += token == last_guess_ ? 1 : 0;
-      }
       const bool specache = policy_ == KvPolicy::Specache;
       if (next_spec_ < 0) {
         // Pre-decode: the token alone, not kept; its output is the first speculative token and
@@ -164,7 +180,7 @@ class CudaContext final : public GpuContext {
     if (st != SPECODE_OK) {
       forget_speculation();
       publish_metrics();
-      *err = cuda_message("decode: the CUDA step failed");
+      *err = fail(cuda_message("decode: the CUDA step failed"));
       return st;
     }
     tokens_.push_back(token);
@@ -239,6 +255,7 @@ class CudaContext final : public GpuContext {
   std::vector<float> logits_, step_logits_;
   std::vector<int32_t> tokens_;
   int32_t next_spec_ = -1, last_guess_ = -1;
+  std::string failed_;
   uint64_t steps_ = 0, step_ns_total_ = 0, step_ns_last_ = 0, fetch_total_ = 0, fetch_last_ = 0, stall_total_ = 0,
            stall_last_ = 0, spec_checked_ = 0, spec_matched_ = 0;
   mutable std::mutex metrics_mutex_;
@@ -265,10 +282,15 @@ int gpu_context_create(const Model &model, std::shared_ptr<GpuWeights> *weights,
   }
   auto w = std::dynamic_pointer_cast<CudaWeights>(*weights);
   if (!w) {
+    const uint64_t file_bytes = model.file.data_bytes();
+    if (cfg.budget_bytes && file_bytes > cfg.budget_bytes) {
+      *err = "cuda: the weights alone need " + std::to_string(file_bytes >> 20) + " MiB, more than the device budget of " +
+             std::to_string(cfg.budget_bytes >> 20) + " MiB; raise the budget or use a smaller model";
+      return SPECODE_ERR_NOMEM;
+    }
     w = std::make_shared<CudaWeights>();
     const int st = DeviceModel::upload(model, &w->model, err);
     if (st != SPECODE_OK) return st;
-    *weights = w;
   }
   cuda::DeviceKvConfig kc;
   kc.policy = cfg.policy == KvPolicy::Full         ? cuda::DevicePolicy::Full
@@ -286,6 +308,9 @@ int gpu_context_create(const Model &model, std::shared_ptr<GpuWeights> *weights,
     if (err->empty()) *err = cuda_message("cuda: creating the context failed");
     return st;
   }
+  // The model keeps its weights on the device only once a context runs there (a refused
+  // context does not leave them holding VRAM while the CPU decodes).
+  *weights = w;
   *out = std::make_unique<CudaContext>(std::move(w), std::move(dc), cfg.policy);
   return SPECODE_OK;
 }

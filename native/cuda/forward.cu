@@ -125,6 +125,15 @@ int32_t DeviceModel::upload(const Model &m, std::unique_ptr<DeviceModel> *out, s
     up(w.w_up, &d.w_up);
     up(w.w_down, &d.w_down);
   }
+  // Pageable cudaMemcpy may return before its last DMA lands, and the contexts' streams are
+  // non-blocking (they do not wait for the legacy stream): wait here.
+  if (st == SPECODE_OK) {
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) {
+      set_error(__FILE__, __LINE__, "cudaDeviceSynchronize()", e);
+      st = SPECODE_ERR_UNSUPPORTED;
+    }
+  }
   if (st != SPECODE_OK) {
     *err = std::string("cuda: uploading the weights failed: ") + last_error();
     return st;
@@ -282,7 +291,8 @@ int32_t DeviceContext::create(const DeviceModel &model, int n_ctx, const DeviceK
   if (cfg.policy == DevicePolicy::Specache && (st = c->init_specache()) != SPECODE_OK) return st;
   std::vector<float> inv(HD / 2);
   for (int i = 0; i < HD / 2; ++i) inv[i] = (float)(1.0 / std::pow((double)hp.rope_base, 2.0 * i / HD));
-  CUDA_CHECK(cudaMemcpy(c->inv_freq_, inv.data(), inv.size() * f, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpyAsync(c->inv_freq_, inv.data(), inv.size() * f, cudaMemcpyHostToDevice, c->stream_));
+  CUDA_CHECK(cudaStreamSynchronize(c->stream_));
   *out = std::move(c);
   return SPECODE_OK;
 }

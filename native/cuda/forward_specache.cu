@@ -323,7 +323,9 @@ int32_t DeviceContext::attend_specache(int layer, int n, int n_keep, int select_
     int vis[kMaxStepTokens * 64];
     if (rows > (int)(sizeof vis / sizeof vis[0])) return SPECODE_ERR_UNSUPPORTED;
     for (int r = 0; r < rows; ++r) vis[r] = std::max(0, std::min(n_new, r / G - n_keep + 1));
-    CUDA_CHECK(cudaMemcpy(visible_, vis, rows * sizeof(int), cudaMemcpyHostToDevice));
+    // On the compute stream (a plain cudaMemcpy runs on the legacy stream, which the
+    // non-blocking compute stream does not wait for); the pageable source is staged at once.
+    CUDA_CHECK(cudaMemcpyAsync(visible_, vis, rows * sizeof(int), cudaMemcpyHostToDevice, s));
     vis_n_ = n;
     vis_keep_ = n_keep;
   }

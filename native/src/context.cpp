@@ -353,15 +353,20 @@ int Context::step_locked(int32_t token, bool speculate, float *logits_out, int32
   pass.pos0 = n_past_;
   pass.decode = true;
   bool ok = true;
+  if (speculate && last_guess_ >= 0) {
+    ++spec_checked_;
+    spec_matched_ += token == last_guess_ ? 1 : 0;
+  }
+  if (speculate && n_past_ + 2 > cfg_.n_ctx) {
+    // The last position: no room for the speculative row; a plain step.
+    speculate = false;
+    forget_speculation();
+  }
   if (!speculate) {
     pass.n = pass.n_keep = 1;
     pass.tokens = &token;
     ok = forward(pass, 1, nullptr);
   } else {
-    if (last_guess_ >= 0) {
-      ++spec_checked_;
-      spec_matched_ += token == last_guess_ ? 1 : 0;
-    }
     if (next_spec_ < 0) {
       // Pre-decode: the token over the low-bit copy alone; its K/V is
       // dropped, its output is the first speculative token and its

@@ -7,23 +7,13 @@
 #include <string>
 
 #include "context.h"
+#include "engine_internal.h"
 #include "gpu_backend.h"
 #include "model.h"
 #include "quant.h"
 #include "sampler.h"
 #include "specode.h"
 
-struct specode_model {
-  std::unique_ptr<specode::Model> impl;
-  std::mutex gpu_mutex;
-  std::shared_ptr<specode::GpuWeights> gpu_weights;  // uploaded by the first CUDA context
-};
-// Exactly one of impl (CPU) and gpu (CUDA) is set.
-struct specode_context {
-  std::unique_ptr<specode::Context> impl;
-  std::unique_ptr<specode::GpuContext> gpu;
-  specode_backend_info backend{};
-};
 struct specode_sampler {
   std::unique_ptr<specode::Sampler> impl;
 };

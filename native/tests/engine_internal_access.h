@@ -1,19 +1,8 @@
-// engine_internal_access.h — tests: the C API's handles are these structs in
-// engine.cpp (the same definitions, so the ODR holds); reach the C++ objects.
+// engine_internal_access.h — tests: reach the C++ objects behind the C API's
+// handles (defined once, in src/engine_internal.h). CPU contexts only.
 #pragma once
 
-#include <memory>
-
-#include "context.h"
-#include "model.h"
-#include "specode.h"
-
-struct specode_model {
-  std::unique_ptr<specode::Model> impl;
-};
-struct specode_context {
-  std::unique_ptr<specode::Context> impl;
-};
+#include "engine_internal.h"
 
 inline specode::Model *engine_model(specode_model *m) { return m->impl.get(); }
 inline specode::Context *engine_context(specode_context *c) { return c->impl.get(); }

@@ -289,6 +289,50 @@ TEST(threadpool_runs_every_thread) {
 }
 
 // The CUDA probe answers on any machine: a device, or the reason there is none.
+// A generation step at the last position has no room for a speculative row: full and
+// specache run a plain step there, with the logits a larger context gives (an earlier
+// version stored the speculative row one past the cache).
+TEST(step_at_the_last_position_is_exact) {
+  std::string path = write_temp(tiny_model("llama", 0, 2), "lastpos");
+  specode_model_params p = specode_model_default_params();
+  p.path = path.c_str();
+  p.n_threads = 2;
+  specode_model *m = nullptr;
+  CHECK(specode_model_load(&p, &m) == SPECODE_OK);
+  if (!m) return;
+  for (int policy : {SPECODE_KV_POLICY_FULL, SPECODE_KV_POLICY_SPECACHE}) {
+    specode_context_params cp = specode_context_default_params();
+    cp.kv_policy = policy;
+    cp.kv_topk = 256;  // every row: specache's logits are full's
+    specode_context *small = nullptr, *big = nullptr;
+    cp.n_ctx = 40;
+    CHECK(specode_context_init(m, &cp, &small) == SPECODE_OK);
+    cp.n_ctx = 80;
+    CHECK(specode_context_init(m, &cp, &big) == SPECODE_OK);
+    if (!small || !big) break;
+    std::vector<int32_t> prompt(37);
+    for (int i = 0; i < 37; ++i) prompt[i] = (i * 5 + 1) % 64;
+    CHECK(specode_decode(small, prompt.data(), 37, 0, nullptr) == SPECODE_OK);
+    CHECK(specode_decode(big, prompt.data(), 37, 0, nullptr) == SPECODE_OK);
+    std::vector<float> a(64), b(64);
+    float worst = 0;
+    for (int i = 0; i < 3; ++i) {  // positions 37, 38, 39: the last one has no room for a pair
+      int32_t sa = -2;
+      CHECK(specode_decode_spec(small, 7 + i, a.data(), &sa) == SPECODE_OK);
+      CHECK(specode_decode_spec(big, 7 + i, b.data(), nullptr) == SPECODE_OK);
+      if (i == 2) CHECK(sa == -1);
+      for (int j = 0; j < 64; ++j) worst = std::max(worst, std::fabs(a[j] - b[j]));
+    }
+    CHECK(worst < 1e-5f);
+    CHECK(specode_context_n_past(small) == 40);
+    CHECK(specode_decode_spec(small, 3, a.data(), nullptr) == SPECODE_ERR_CONTEXT_FULL);
+    specode_context_free(small);
+    specode_context_free(big);
+  }
+  specode_model_free(m);
+  unlink(path.c_str());
+}
+
 TEST(cuda_probe_says_what_it_found_or_why_not) {
   specode_cuda_info info;
   CHECK(specode_cuda_probe(&info) == SPECODE_OK);
