@@ -149,26 +149,26 @@ class CudaContext final : public GpuContext {
     }
     uint64_t fetched = 0;
     double stall_ms = 0;
-    int st = SPECODE_OK;
-    if (!speculate) {
-      st = dc_->step(&token, 1, 1, -1, logits_.data());
+    auto pass = [&](const int32_t *tokens, int n, int n_keep, int select_row, float *logits) {
+      const int r = dc_->step(tokens, n, n_keep, select_row, logits);
       fetched += dc_->last_step().fetched_bytes;
       stall_ms += dc_->last_step().stall_ms;
+      return r;
+    };
+    int st = SPECODE_OK;
+    if (!speculate) {
+      st = pass(&token, 1, 1, -1, logits_.data());
     } else {
       const bool specache = policy_ == KvPolicy::Specache;
       if (next_spec_ < 0) {
         // Pre-decode: the token alone, not kept; its output is the first speculative token and
         // (specache) its attention row picks the first rows to fetch.
-        st = dc_->step(&token, 1, 0, specache ? 0 : -1, logits_.data());
-        fetched += dc_->last_step().fetched_bytes;
-        stall_ms += dc_->last_step().stall_ms;
+        st = pass(&token, 1, 0, specache ? 0 : -1, logits_.data());
         if (st == SPECODE_OK) next_spec_ = argmax(logits_.data(), n_vocab_);
       }
       if (st == SPECODE_OK) {
         const int32_t pair[2] = {token, next_spec_};
-        st = dc_->step(pair, 2, 1, specache ? 1 : -1, step_logits_.data());
-        fetched += dc_->last_step().fetched_bytes;
-        stall_ms += dc_->last_step().stall_ms;
+        st = pass(pair, 2, 1, specache ? 1 : -1, step_logits_.data());
       }
       if (st == SPECODE_OK) {
         std::memcpy(logits_.data(), step_logits_.data(), n_vocab_ * sizeof(float));
