@@ -112,12 +112,11 @@ specode_context_params specode_context_default_params(void) {
 
 namespace {
 // What keeps a context off the CUDA backend before a device is tried ("" when nothing does).
-std::string cuda_obstacle(const specode_context_params &p) {
+std::string cuda_obstacle(const specode_context_params &p, specode_cuda_info *ci) {
   if (!specode::gpu_backend_built())
     return "this engine was built without the CUDA backend (nvcc was not found at install time)";
-  specode_cuda_info ci;
-  specode_cuda_probe(&ci);
-  if (!ci.available) return std::string("no CUDA device (") + ci.reason + ")";
+  specode_cuda_probe(ci);
+  if (!ci->available) return std::string("no CUDA device (") + ci->reason + ")";
   if (p.kv_policy != SPECODE_KV_POLICY_FULL && p.kv_policy != SPECODE_KV_POLICY_OFFLOAD_ALL &&
       p.kv_policy != SPECODE_KV_POLICY_SPECACHE)
     return "the KV policy runs on the CPU backend only (CUDA has full, offload-all and specache)";
@@ -127,9 +126,9 @@ std::string cuda_obstacle(const specode_context_params &p) {
 }
 
 // A CUDA context for params, or the status with *err saying why not.
-int32_t cuda_context(specode_model *model, const specode_context_params &p, int residual,
+int32_t cuda_context(specode_model *model, const specode_context_params &p, int residual, specode_cuda_info *ci,
                      std::unique_ptr<specode::GpuContext> *out, std::string *err) {
-  *err = cuda_obstacle(p);
+  *err = cuda_obstacle(p, ci);
   if (!err->empty()) return SPECODE_ERR_UNSUPPORTED;
   specode::GpuContextConfig g;
   g.n_ctx = p.n_ctx ? (int)p.n_ctx : model->impl->hp.n_ctx_train;
@@ -234,17 +233,16 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   std::string why_cpu = "CPU requested";
   if (params->backend != SPECODE_BACKEND_CPU) {
     std::unique_ptr<specode::GpuContext> gpu;
+    specode_cuda_info ci{};
     std::string err;
     int32_t st;
     try {
-      st = cuda_context(model, *params, residual, &gpu, &err);
+      st = cuda_context(model, *params, residual, &ci, &gpu, &err);
     } catch (const std::bad_alloc &) {
       st = SPECODE_ERR_NOMEM;
       err = "out of host memory for the CUDA context";
     }
     if (st == SPECODE_OK) {
-      specode_cuda_info ci;
-      specode_cuda_probe(&ci);
       auto *c = new specode_context{};
       c->gpu = std::move(gpu);
       set_backend(&c->backend, "cuda", ci.name,
