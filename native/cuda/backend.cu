@@ -107,8 +107,8 @@ class CudaContext final : public GpuContext {
   }
 
   void reset_metrics() override {
-    steps_ = step_ns_total_ = step_ns_last_ = fetch_total_ = fetch_last_ = stall_total_ = stall_last_ = 0;
-    spec_checked_ = spec_matched_ = 0;
+    counters_ = StepCounters{};
+    fetch_total_ = stall_total_ = 0;
     publish_metrics();
   }
 
@@ -138,10 +138,7 @@ class CudaContext final : public GpuContext {
     const auto t0 = std::chrono::steady_clock::now();
     has_logits_ = false;
     if (spec_out) *spec_out = -1;
-    if (speculate && last_guess_ >= 0) {
-      ++spec_checked_;
-      spec_matched_ += token == last_guess_ ? 1 : 0;
-    }
+    if (speculate) counters_.check_guess(token, last_guess_);
     if (speculate && dc_->n_past() + 2 > dc_->n_ctx()) {
       // The last position: no room for a speculative row; a plain step (held rows stay).
       speculate = false;
@@ -184,20 +181,19 @@ class CudaContext final : public GpuContext {
       return st;
     }
     tokens_.push_back(token);
-    fetch_last_ = fetched;
+    counters_.fetch_last = fetched;
     fetch_total_ += fetched;
-    stall_last_ = (uint64_t)(stall_ms * 1e6);
-    stall_total_ += stall_last_;
-    step_ns_last_ = (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-    step_ns_total_ += step_ns_last_;
-    ++steps_;
+    counters_.stall_last = (uint64_t)(stall_ms * 1e6);
+    stall_total_ += counters_.stall_last;
+    counters_.add_step(
+        (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
     has_logits_ = true;
     if (logits_out) std::memcpy(logits_out, logits_.data(), n_vocab_ * sizeof(float));
-    publish_metrics();
+    publish_metrics(false);
     return SPECODE_OK;
   }
 
-  void publish_metrics() {
+  void publish_metrics(bool refresh_free = true) {
     const cuda::DeviceMemory &mem = dc_->memory();
     const Hparams &hp = weights_->model->hp;
     specode_kv_metrics m{};
@@ -219,29 +215,25 @@ class CudaContext final : public GpuContext {
         m.device_full_bytes = mem.kv;
         break;
     }
-    m.device_kv_bytes = m.device_lowbit_bytes + m.device_residual_bytes + m.device_prefetch_bytes + m.device_full_bytes;
     m.device_workspace_bytes = mem.activations;
-    size_t free = 0, total = 0;
-    if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
-      m.device_free_bytes = free;
-      m.device_total_bytes = total;
-    } else {
-      cudaGetLastError();
+    // The device's free memory changes with allocations (context creation, a prefill's staging),
+    // not with steps: asked for outside the step path only.
+    if (refresh_free) {
+      size_t free = 0, total = 0;
+      if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
+        device_free_ = free;
+        device_total_ = total;
+      } else {
+        cudaGetLastError();
+      }
     }
+    m.device_free_bytes = device_free_;
+    m.device_total_bytes = device_total_;
     m.host_kv_bytes = mem.host_pinned;
     m.n_tokens = (uint64_t)dc_->n_past();
-    m.fp16_kv_bytes = m.n_tokens * hp.n_layer * hp.n_head_kv * hp.head_dim * 2 * 2;
-    m.compression_ratio = m.device_kv_bytes ? (double)m.fp16_kv_bytes / (double)m.device_kv_bytes : 0.0;
     m.fetch_bytes_total = fetch_total_;
-    m.fetch_bytes_last = fetch_last_;
     m.stall_ns_total = stall_total_;
-    m.stall_ns_last = stall_last_;
-    m.step_ns_total = step_ns_total_;
-    m.step_ns_last = step_ns_last_;
-    m.steps = steps_;
-    m.spec_checked = spec_checked_;
-    m.spec_matched = spec_matched_;
-    m.spec_match_rate = spec_checked_ ? (double)spec_matched_ / (double)spec_checked_ : 0.0;
+    counters_.publish(hp, &m);
     std::lock_guard<std::mutex> lock(metrics_mutex_);
     snapshot_ = m;
   }
@@ -256,8 +248,8 @@ class CudaContext final : public GpuContext {
   std::vector<int32_t> tokens_;
   int32_t next_spec_ = -1, last_guess_ = -1;
   std::string failed_;
-  uint64_t steps_ = 0, step_ns_total_ = 0, step_ns_last_ = 0, fetch_total_ = 0, fetch_last_ = 0, stall_total_ = 0,
-           stall_last_ = 0, spec_checked_ = 0, spec_matched_ = 0;
+  StepCounters counters_;
+  uint64_t fetch_total_ = 0, stall_total_ = 0, device_free_ = 0, device_total_ = 0;
   mutable std::mutex metrics_mutex_;
   specode_kv_metrics snapshot_{};
 };

@@ -259,6 +259,20 @@ int Context::check_tokens(const int32_t *tokens, int n, std::string *err) const 
   return check_decode_tokens(model_->hp, n_past_, cfg_.n_ctx, tokens, n, err);
 }
 
+void StepCounters::publish(const Hparams &hp, specode_kv_metrics *m) const {
+  m->device_kv_bytes = m->device_lowbit_bytes + m->device_residual_bytes + m->device_prefetch_bytes + m->device_full_bytes;
+  m->fp16_kv_bytes = m->n_tokens * hp.n_layer * hp.n_head_kv * hp.head_dim * 2 * 2;
+  m->compression_ratio = m->device_kv_bytes ? (double)m->fp16_kv_bytes / (double)m->device_kv_bytes : 0.0;
+  m->fetch_bytes_last = fetch_last;
+  m->stall_ns_last = stall_last;
+  m->step_ns_total = step_ns_total;
+  m->step_ns_last = step_ns_last;
+  m->steps = steps;
+  m->spec_checked = spec_checked;
+  m->spec_matched = spec_matched;
+  m->spec_match_rate = spec_checked ? (double)spec_matched / (double)spec_checked : 0.0;
+}
+
 int check_decode_tokens(const Hparams &hp, int n_past, int n_ctx, const int32_t *tokens, int n, std::string *err) {
   if (n <= 0) {
     *err = "decode: no tokens given (the prompt is empty)";
@@ -353,10 +367,7 @@ int Context::step_locked(int32_t token, bool speculate, float *logits_out, int32
   pass.pos0 = n_past_;
   pass.decode = true;
   bool ok = true;
-  if (speculate && last_guess_ >= 0) {
-    ++spec_checked_;
-    spec_matched_ += token == last_guess_ ? 1 : 0;
-  }
+  if (speculate) counters_.check_guess(token, last_guess_);
   if (speculate && n_past_ + 2 > cfg_.n_ctx) {
     // The last position: no room for the speculative row; a plain step.
     speculate = false;
@@ -401,12 +412,10 @@ int Context::step_locked(int32_t token, bool speculate, float *logits_out, int32
   }
   KvMetrics after;
   kv_->metrics(&after);
-  fetch_last_ = after.fetch_bytes_total - before.fetch_bytes_total;
-  stall_last_ = after.stall_ns_total - before.stall_ns_total;
-  step_ns_last_ = (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now() - t0).count();
-  step_ns_total_ += step_ns_last_;
-  ++steps_;
+  counters_.fetch_last = after.fetch_bytes_total - before.fetch_bytes_total;
+  counters_.stall_last = after.stall_ns_total - before.stall_ns_total;
+  counters_.add_step((uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - t0).count());
   has_logits_ = true;
   if (logits_out) std::memcpy(logits_out, logits_.data(), (size_t)n_vocab * sizeof(float));
   publish_metrics();
@@ -425,23 +434,13 @@ void Context::publish_metrics() {
   m.device_residual_bytes = k.device_residual_bytes;
   m.device_prefetch_bytes = k.device_prefetch_bytes;
   m.device_full_bytes = k.device_full_bytes;
-  m.device_kv_bytes = k.device_lowbit_bytes + k.device_residual_bytes + k.device_prefetch_bytes + k.device_full_bytes;
   m.host_kv_bytes = k.host_bytes;
   m.n_tokens = (uint64_t)n_past_;
-  m.fp16_kv_bytes = m.n_tokens * hp.n_layer * hp.n_head_kv * hp.head_dim * 2 * 2;
-  m.compression_ratio = m.device_kv_bytes ? (double)m.fp16_kv_bytes / (double)m.device_kv_bytes : 0.0;
   m.n_lowbit_tokens = k.n_lowbit_tokens;
   m.n_residual_tokens = k.n_residual_tokens;
   m.fetch_bytes_total = k.fetch_bytes_total;
-  m.fetch_bytes_last = fetch_last_;
   m.stall_ns_total = k.stall_ns_total;
-  m.stall_ns_last = stall_last_;
-  m.step_ns_total = step_ns_total_;
-  m.step_ns_last = step_ns_last_;
-  m.steps = steps_;
-  m.spec_checked = spec_checked_;
-  m.spec_matched = spec_matched_;
-  m.spec_match_rate = spec_checked_ ? (double)spec_matched_ / (double)spec_checked_ : 0.0;
+  counters_.publish(hp, &m);
   m.overlap_samples = k.overlap_samples;
   m.topk_overlap = k.overlap_samples ? k.overlap_sum / (double)k.overlap_samples : 0.0;
   m.topk_mass_recall = k.overlap_samples ? k.mass_recall_sum / (double)k.overlap_samples : 0.0;
@@ -463,7 +462,7 @@ void Context::metrics(specode_kv_metrics *out) const {
 
 void Context::reset_metrics() {
   kv_->reset_metrics();
-  steps_ = step_ns_total_ = step_ns_last_ = fetch_last_ = stall_last_ = spec_checked_ = spec_matched_ = 0;
+  counters_ = StepCounters{};
   publish_metrics();
 }
 

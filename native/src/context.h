@@ -38,6 +38,27 @@ struct ContextConfig {
   std::function<std::unique_ptr<KvCache>(const KvShape &)> make_kv;
 };
 
+// Generation-step and speculation counters, kept the same way by both backends.
+struct StepCounters {
+  uint64_t steps = 0, step_ns_total = 0, step_ns_last = 0, fetch_last = 0, stall_last = 0;
+  uint64_t spec_checked = 0, spec_matched = 0;
+  // The real token of this step against last step's speculative guess (-1: none).
+  void check_guess(int32_t token, int32_t guess) {
+    if (guess < 0) return;
+    ++spec_checked;
+    spec_matched += token == guess ? 1 : 0;
+  }
+  void add_step(uint64_t ns) {
+    step_ns_last = ns;
+    step_ns_total += ns;
+    ++steps;
+  }
+  // Writes the counters into *m, and the figures derived from what *m already holds:
+  // device_kv_bytes (the sum of the four kinds), fp16_kv_bytes of m->n_tokens, the
+  // compression ratio and the speculative match rate.
+  void publish(const Hparams &hp, specode_kv_metrics *m) const;
+};
+
 // decode()'s input checks (also the CUDA backend's): tokens present, in the
 // vocabulary, and fitting after n_past; SPECODE_OK or a status with *err.
 int check_decode_tokens(const Hparams &hp, int n_past, int n_ctx, const int32_t *tokens, int n, std::string *err);
@@ -111,9 +132,7 @@ class Context {
   int32_t next_spec_ = -1, last_guess_ = -1;
 
   // Counters (decode thread) and the snapshot metrics() reads.
-  uint64_t steps_ = 0, step_ns_total_ = 0, step_ns_last_ = 0;
-  uint64_t fetch_last_ = 0, stall_last_ = 0;
-  uint64_t spec_checked_ = 0, spec_matched_ = 0;
+  StepCounters counters_;
   mutable std::mutex metrics_mutex_;
   specode_kv_metrics snapshot_{};
 };
