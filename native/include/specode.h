@@ -151,7 +151,8 @@ typedef struct specode_context_params {
   int32_t kv_rerank;     /* specache: choose the fetched rows in two stages — the kv_rerank × kv_topk
                             best by the low-bit scores, then the kv_topk best of those by exact
                             scores over their fp16 host rows; 1: one stage, as the SpeCache paper;
-                            1..16, default 4 (0: 1) */
+                            1..16; 0 (default): automatic — 16 at 1 bit, 4 at 2 bits, lowered
+                            where needed so that kv_rerank × kv_topk <= 1024 */
   const char *kv_disk_dir; /* paged policies: disk tier of the host pages — full pages are saved
                               under <kv_disk_dir>/<model id>/ and adopted from there by a later
                               context of the same weights instead of recomputed; corrupt or stale

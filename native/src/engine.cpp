@@ -102,7 +102,7 @@ specode_context_params specode_context_default_params(void) {
   p.kv_budget = 0;
   p.kv_budget_ratio = 0.0f;  // 0.2
   p.kv_sinks = 4;
-  p.kv_rerank = 4;
+  p.kv_rerank = 0;  // automatic: resolved_rerank
   p.kv_disk_dir = nullptr;
   p.kv_disk_max_bytes = 0;
   p.backend = SPECODE_BACKEND_CPU;
@@ -111,6 +111,11 @@ specode_context_params specode_context_default_params(void) {
 }
 
 namespace {
+// kv_rerank as the policies use it (0: specode::auto_rerank).
+int resolved_rerank(const specode_context_params &p) {
+  return p.kv_rerank > 0 ? p.kv_rerank : specode::auto_rerank(p.kv_bits, p.kv_topk);
+}
+
 // What keeps a context off the CUDA backend before a device is tried ("" when nothing does).
 std::string cuda_obstacle(const specode_context_params &p, specode_cuda_info *ci) {
   if (!specode::gpu_backend_built())
@@ -136,7 +141,7 @@ int32_t cuda_context(specode_model *model, const specode_context_params &p, int 
   g.bits = p.kv_bits;
   g.group = p.kv_group;
   g.topk = p.kv_topk;
-  g.rerank = std::max(1, p.kv_rerank);
+  g.rerank = resolved_rerank(p);
   g.residual = residual;
   g.budget_bytes = p.device_budget_bytes;
   std::lock_guard<std::mutex> lock(model->gpu_mutex);
@@ -216,7 +221,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_residual (" + std::to_string(R) +
                                                  ") must be a positive multiple of kv_group (" + std::to_string(g) + ")");
     if (params->kv_rerank < 0 || params->kv_rerank > 16)
-      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_rerank must be in [1, 16] (0: 1), got " +
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_rerank must be in [1, 16] (0: automatic), got " +
                                                  std::to_string(params->kv_rerank));
     if (paged && (params->kv_topk < 0 || params->kv_topk > (1 << 20)))
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_topk must be in [0, 2^20], got " +
@@ -267,7 +272,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_bits = params->kv_bits;
   cfg.kv_group = params->kv_group;
   cfg.kv_topk = params->kv_topk;
-  cfg.kv_rerank = std::max(1, params->kv_rerank);
+  cfg.kv_rerank = resolved_rerank(*params);
   cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;

@@ -1,6 +1,7 @@
 #include "specache.h"
 
 #include <algorithm>
+#include <functional>
 #include <cassert>
 #include <cstring>
 #include <vector>
@@ -26,6 +27,21 @@ int select_topk(const float *score, int n, int k, int32_t *out) {
     for (int i = 0; i < n; ++i) out[i] = i;
     return n;
   }
+  if ((int64_t)k * 16 > n) {
+    // A wide choice (rerank's r·k of a range): the k-th largest score t by a linear
+    // selection, then one pass in position order keeps every score above t and the
+    // first (lowest-position) ties at t until k are kept. No heap, no sort.
+    thread_local std::vector<float> tmp;
+    tmp.assign(score, score + n);
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float t = tmp[k - 1];
+    int above = 0;
+    for (int i = 0; i < n; ++i) above += score[i] > t;
+    int ties = k - above, c = 0;
+    for (int i = 0; i < n && c < k; ++i)
+      if (score[i] > t || (score[i] == t && ties-- > 0)) out[c++] = i;
+    return c;
+  }
   struct Entry {
     float score;
     int32_t pos;
@@ -35,7 +51,8 @@ int select_topk(const float *score, int n, int k, int32_t *out) {
   auto stronger = [](const Entry &a, const Entry &b) {
     return a.score > b.score || (a.score == b.score && a.pos < b.pos);
   };
-  std::vector<Entry> heap(k);
+  thread_local std::vector<Entry> heap;
+  heap.resize(k);
   for (int i = 0; i < k; ++i) heap[i] = {score[i], i};
   std::make_heap(heap.begin(), heap.end(), stronger);
   for (int i = k; i < n; ++i) {

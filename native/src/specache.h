@@ -43,6 +43,15 @@ enum class KvPolicy { Full = 0, OffloadAll = 1, Specache = 2, SpecacheSync = 3 }
 // "full", "offload-all", "specache", "specache-sync".
 const char *kv_policy_name(KvPolicy policy);
 
+// The second stage's width when the caller leaves it automatic: 16 × k candidates at 1 bit,
+// where the low-bit scores alone rank a retrieval's needle rows poorly, 4 × k at 2 bits
+// (docs/benchmarks.md, "rerank at 1 bit"); never more than 1024 (the CUDA kernel's limit).
+inline int auto_rerank(int bits, int topk) {
+  const int want = bits == 1 ? 16 : 4;
+  const int cap = 1024 / (topk > 0 ? topk : 1);
+  return want < cap ? want : (cap > 1 ? cap : 1);
+}
+
 struct PagedKvConfig {
   KvPolicy policy = KvPolicy::Specache;  // OffloadAll, Specache or SpecacheSync
   int page_tokens = 64;  // P: tokens per host page

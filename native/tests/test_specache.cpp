@@ -365,8 +365,9 @@ TEST(specache_select_topk) {
   CHECK(out[0] == 0 && out[3] == 3);  // ties: lower positions win
   // Randomized against a full sort.
   std::mt19937 rng(1);
-  for (int trial = 0; trial < 50; ++trial) {
-    int n = 1 + (int)(rng() % 500), k = 1 + (int)(rng() % 80);
+  for (int trial = 0; trial < 200; ++trial) {
+    // k small against n (the heap) and k near n (the linear selection), many ties.
+    int n = 1 + (int)(rng() % 500), k = 1 + (int)(rng() % (trial % 2 ? 80 : 600));
     std::vector<float> x(n);
     for (auto &e : x) e = (float)(rng() % 97);
     std::vector<int32_t> got(std::min(n, k)), idx(n);
@@ -491,6 +492,46 @@ TEST(specache_attention_readout) {
   CHECK(mass[0] == 0.0f && mass[9] == 0.0f);
   specode_context_free(spec);
   specode_context_free(full);
+}
+
+TEST(specache_automatic_rerank_is_16_at_one_bit_and_4_at_two) {
+  // kv_rerank 0 (the default) resolves per width: the same rows, logits and metrics as
+  // the explicit 16 at 1 bit and 4 at 2 bits; with k 128 the 1-bit width drops to 8
+  // (at most 1024 candidates), and a run with a different width differs.
+  TinyModel tm;
+  CHECK(tm.model != nullptr);
+  if (!tm.model) return;
+  CHECK(specode_context_default_params().kv_rerank == 0);
+  CHECK(specode::auto_rerank(1, 64) == 16 && specode::auto_rerank(2, 64) == 4);
+  CHECK(specode::auto_rerank(1, 128) == 8 && specode::auto_rerank(2, 512) == 2 && specode::auto_rerank(1, 4096) == 1);
+  const int n_prompt = 900, n_steps = 10, K = 16;
+  auto toks = prompt(n_prompt, 41);
+  auto run = [&](int bits, int rerank, specode_kv_metrics *m, std::vector<float> *logits) {
+    specode_context *ctx = tm.context(SPECODE_KV_POLICY_SPECACHE, 1024, K, bits, /*measure=*/1, SPECODE_KV_F16, rerank);
+    CHECK(ctx != nullptr);
+    if (!ctx) return;
+    logits->assign(kVocab, 0.0f);
+    CHECK(specode_decode(ctx, toks.data(), n_prompt, 0, logits->data()) == SPECODE_OK);
+    for (int step = 0; step < n_steps; ++step) {
+      int32_t tok = toks[(step * 53) % n_prompt];
+      CHECK(specode_decode(ctx, &tok, 1, 0, logits->data()) == SPECODE_OK);
+    }
+    specode_context_metrics(ctx, m);
+    specode_context_free(ctx);
+  };
+  for (int bits : {1, 2}) {
+    specode_kv_metrics a{}, b{}, c{};
+    std::vector<float> la, lb, lc;
+    run(bits, 0, &a, &la);
+    run(bits, bits == 1 ? 16 : 4, &b, &lb);
+    run(bits, 1, &c, &lc);
+    std::fprintf(stderr, "  %d-bit k=%d: overlap auto %.4f, explicit %.4f, one stage %.4f\n", bits, K, a.topk_overlap,
+                 b.topk_overlap, c.topk_overlap);
+    CHECK(a.overlap_samples > 0 && a.overlap_samples == b.overlap_samples);
+    CHECK(a.topk_overlap == b.topk_overlap && a.topk_mass_recall == b.topk_mass_recall);
+    CHECK(max_diff(la, lb) == 0.0f);
+    CHECK(a.topk_overlap != c.topk_overlap || max_diff(la, lc) > 0.0f);
+  }
 }
 
 TEST(specache_rerank_raises_topk_overlap) {

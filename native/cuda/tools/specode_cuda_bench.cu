@@ -4,7 +4,7 @@
 //
 //   specode_cuda_bench --model M.gguf --ids ids.bin --ctx 4096,32768
 //                      [--policies full,offload-all,specache] [--steps 32] [--warmup 4]
-//                      [--bits 2] [--topk 64] [--rerank 4] [--group 64] [--residual 64]
+//                      [--bits 2] [--topk 64] [--rerank 0 (auto)] [--group 64] [--residual 64]
 //                      [--budget-mib N]
 //
 // ids.bin: int32 little-endian token ids (at least the largest --ctx). Per (policy, ctx):
@@ -26,6 +26,7 @@
 
 #include "cuda_forward.h"
 #include "engine_internal_access.h"
+#include "specache.h"
 
 namespace {
 
@@ -63,6 +64,7 @@ int main(int argc, char **argv) {
   std::string model_path, ids_path, ctxs = "4096", policies = "full,offload-all,specache";
   int steps = 32, warmup = 4;
   DeviceKvConfig base;
+  base.rerank = 0;  // automatic unless --rerank says otherwise
   uint64_t budget = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -83,6 +85,7 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
+  if (base.rerank <= 0) base.rerank = specode::auto_rerank(base.bits, base.topk);
   if (model_path.empty() || ids_path.empty()) {
     std::fprintf(stderr, "usage: specode_cuda_bench --model M.gguf --ids ids.bin [--ctx 4096,32768] [--policies ...]\n");
     return 1;

@@ -51,7 +51,7 @@ export interface FidelityOptions {
   bits: (1 | 2)[];
   group?: 32 | 64;
   topk?: number;
-  /** specache: two-stage row choice (see ContextOptions.rerank; default 4). */
+  /** specache: two-stage row choice (see ContextOptions.rerank; default automatic per bits). */
   rerank?: number;
   residual?: number;
   tasks: FidelityTask[];
@@ -332,7 +332,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
 
   const group = o.group ?? 64;
   const topk = o.topk ?? 64;
-  const rerank = o.rerank ?? 4;
+  const rerank = o.rerank;  // undefined: the engine's automatic choice for each width
   const residual = o.residual ?? 64;
   // Policy configurations; full first (code-agreement needs its continuation).
   const cfgs: PolicyCfg[] = [];
@@ -365,7 +365,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
     metrics: 'ctx.metrics() after each sample\'s decode steps (counters reset after its prefill); device_kv_bytes and fp16_kv_bytes are means over samples; spec_match, stall_frac, topk_overlap pooled over steps',
   };
   env.params = {
-    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank, residual, tasks: o.tasks, trials: o.trials,
+    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', residual, tasks: o.tasks, trials: o.trials,
     depths: o.depths, gen_tokens: o.genTokens, answer_tokens: o.answerTokens ?? 16, keys: o.keys ?? 4, seed: o.seed ?? 1,
     measure: o.measure ?? true, n_batch: 256,
   };
@@ -408,7 +408,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
           const copts: ContextOptions = { nCtx: ctxLen, nBatch: 256, threads: o.threads, kvType: 'f16' };
           if (caps.policies) {
             copts.policy = cfg.policy;
-            if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, rerank, residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
+            if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, ...(rerank ? { rerank } : {}), residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
             if (cfg.opts) Object.assign(copts, cfg.opts);
           }
           const ctx = model.createContext(copts);

@@ -24,7 +24,7 @@ export interface SpeedOptions {
   bits?: 1 | 2;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache: two-stage row choice (see ContextOptions.rerank; default 4). */
+  /** specache: two-stage row choice (see ContextOptions.rerank; default automatic per bits). */
   rerank?: number;
 }
 
@@ -80,7 +80,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
         // previous repetition's pages instead of running the prefill.
         const session = await Session.open(o.modelPath, {
           nCtx: ctx + nDecode + 8, threads: o.threads, nBatch: 256, policy,
-          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, rerank: o.rerank ?? 4 } : {}),
+          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, ...(o.rerank ? { rerank: o.rerank } : {}) } : {}),
         });
         try {
           let t0 = performance.now();

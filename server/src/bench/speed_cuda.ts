@@ -20,7 +20,8 @@ export interface CudaSpeedOptions {
   warmup: number;
   bits: 1 | 2;
   topk: number;
-  rerank: number;
+  /** undefined: automatic (specode::auto_rerank). */
+  rerank?: number;
   /** The real model a random-weights stand-in file has the geometry of (scripts/gguf_skeleton.py). */
   standIn?: string;
   /** Only write the token ids to this file (for a GPU machine without Node) and return. */
@@ -61,7 +62,7 @@ export async function benchSpeedCuda(o: CudaSpeedOptions): Promise<Envelope> {
   writeFileSync(idsPath, Buffer.from(Int32Array.from(ids.slice(0, maxCtx)).buffer));
   const args = ['--model', o.modelPath, '--ids', idsPath, '--ctx', o.contexts.join(','), '--policies', o.policies.join(','),
     '--steps', String(o.decodeTokens), '--warmup', String(o.warmup), '--bits', String(o.bits), '--topk', String(o.topk),
-    '--rerank', String(o.rerank)];
+    '--rerank', String(o.rerank ?? 0)];
   log(`bench speed: ${tool} ${args.join(' ')}`);
   if (o.idsOut) {
     env.rows = [];

@@ -29,7 +29,7 @@ const FLAGS: Record<string, FlagSpec> = {
   bits: { type: 'string', help: 'fidelity: bits of the low-bit copy for specache*, comma-separated (default 1,2); speed / editor: one value (default 2)' },
   group: { type: 'number', help: 'fidelity: quantization group for specache* (32 | 64)', default: 64 },
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
-  rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper)', default: 4 },
+  rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper; default: automatic, 16 at 1 bit and 4 at 2 bits)' },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -49,6 +49,14 @@ const FLAGS: Record<string, FlagSpec> = {
 };
 
 const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
+
+/** --rerank: undefined (the engine's automatic choice per width) or an integer in [1, 16]. */
+function rerankFlag(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new UserError(`bench: --rerank must be an integer from 1 to 16, got ${v}`);
+  return n;
+}
 
 export async function runBench(argv: string[]): Promise<number> {
   const p = parseArgs(argv, FLAGS, 'bench');
@@ -110,13 +118,13 @@ export async function runBench(argv: string[]): Promise<number> {
     if (backend !== 'cpu' && backend !== 'cuda') throw new UserError(`bench: --backend must be cpu or cuda, got '${backend}'`);
     if (backend === 'cuda') {
       result = await benchSpeedCuda({
-        modelName, modelPath, contexts, policies, bits, topk: Number(p.flags.topk), rerank: Number(p.flags.rerank),
+        modelName, modelPath, contexts, policies, bits, topk: Number(p.flags.topk), rerank: rerankFlag(p.flags.rerank),
         decodeTokens: Number(p.flags['decode-tokens']), warmup: Math.max(1, Number(p.flags.warmup)),
         standIn: p.flags['stand-in'] === undefined ? undefined : String(p.flags['stand-in']),
         idsOut: p.flags['ids-out'] === undefined ? undefined : String(p.flags['ids-out']),
       });
     } else result = await benchSpeed({
-      modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: Number(p.flags.rerank),
+      modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: rerankFlag(p.flags.rerank),
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
       peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
@@ -163,7 +171,7 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   const { writeFileSync } = await import('node:fs');
   return benchFidelity({
     modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
-    topk: positive('topk'), rerank: positive('rerank'), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
+    topk: positive('topk'), rerank: rerankFlag(f.rerank), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
     genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
     measure: f.measure !== false, command,
     onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,

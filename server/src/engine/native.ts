@@ -87,7 +87,7 @@ export interface ContextOptions {
   group?: 32 | 64;
   /** specache*: fp16 rows fetched per layer per KV head (default 64). */
   topk?: number;
-  /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (default 4; 1: one stage, as the paper). */
+  /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (1: one stage, as the paper; default automatic: 16 at 1 bit, 4 at 2 bits — see specode::auto_rerank). */
   rerank?: number;
   /**
    * Paged policies: disk tier of the host pages. Full pages are saved under
