@@ -1,9 +1,9 @@
 #include "specache.h"
 
 #include <algorithm>
-#include <functional>
 #include <cassert>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "quant.h"
