@@ -111,12 +111,18 @@ std::string write_temp(const std::vector<uint8_t> &bytes, const char *tag) {
   return path;
 }
 
-int32_t try_load(const std::string &path, std::string *msg) {
+// Loads path with n_threads; *m is null (and the status says why) on failure.
+int32_t load(const std::string &path, int n_threads, specode_model **m) {
   specode_model_params p = specode_model_default_params();
   p.path = path.c_str();
-  p.n_threads = 1;
+  p.n_threads = n_threads;
+  *m = nullptr;
+  return specode_model_load(&p, m);
+}
+
+int32_t try_load(const std::string &path, std::string *msg) {
   specode_model *m = nullptr;
-  int32_t st = specode_model_load(&p, &m);
+  int32_t st = load(path, 1, &m);
   *msg = specode_last_error();
   if (m) specode_model_free(m);
   return st;
@@ -185,11 +191,8 @@ TEST(load_unsupported_quant_type) {
 
 TEST(decode_errors_are_reported) {
   std::string path = write_temp(tiny_model("llama", 1), "decode"), msg;
-  specode_model_params p = specode_model_default_params();
-  p.path = path.c_str();
-  p.n_threads = 2;
   specode_model *m = nullptr;
-  CHECK(specode_model_load(&p, &m) == SPECODE_OK);
+  CHECK(load(path, 2, &m) == SPECODE_OK);
   if (!m) return;
   specode_context_params cp = specode_context_default_params();
   cp.n_ctx = 16;
@@ -288,17 +291,13 @@ TEST(threadpool_runs_every_thread) {
   }
 }
 
-// The CUDA probe answers on any machine: a device, or the reason there is none.
 // A generation step at the last position has no room for a speculative row: full and
 // specache run a plain step there, with the logits a larger context gives (an earlier
 // version stored the speculative row one past the cache).
 TEST(step_at_the_last_position_is_exact) {
   std::string path = write_temp(tiny_model("llama", 0, 2), "lastpos");
-  specode_model_params p = specode_model_default_params();
-  p.path = path.c_str();
-  p.n_threads = 2;
   specode_model *m = nullptr;
-  CHECK(specode_model_load(&p, &m) == SPECODE_OK);
+  CHECK(load(path, 2, &m) == SPECODE_OK);
   if (!m) return;
   for (int policy : {SPECODE_KV_POLICY_FULL, SPECODE_KV_POLICY_SPECACHE}) {
     specode_context_params cp = specode_context_default_params();
@@ -333,6 +332,7 @@ TEST(step_at_the_last_position_is_exact) {
   unlink(path.c_str());
 }
 
+// The CUDA probe answers on any machine: a device, or the reason there is none.
 TEST(cuda_probe_says_what_it_found_or_why_not) {
   specode_cuda_info info;
   CHECK(specode_cuda_probe(&info) == SPECODE_OK);
