@@ -48,7 +48,7 @@ const FLAGS: Record<string, FlagSpec> = {
   transport: { type: 'string', help: 'editor: how the bench talks to dist/server.js: ipc (as the extension does) | stdio', default: 'ipc' },
 };
 
-const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
+export const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
 
 /** --rerank: undefined (the engine's automatic choice per width) or an integer in [1, 16]. */
 function rerankFlag(v: unknown): number | undefined {

@@ -1,7 +1,7 @@
 // specode — command-line entry: model management, completion, questions, benchmarks.
 import { isUserError } from '../errors';
 import { runAsk } from './ask';
-import { runBench } from './bench';
+import { runBench, SUITES } from './bench';
 import { runComplete } from './complete';
 import { installInterruptHandler } from './interrupt';
 import { runModel } from './model';
@@ -10,7 +10,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   model: { summary: 'fetch or list models (specode model fetch NAME | specode model list)', run: runModel },
   complete: { summary: 'complete code at a position in a file, with the repo as context', run: runComplete },
   ask: { summary: 'ask a question about a repository; the answer streams', run: runAsk },
-  bench: { summary: 'benchmarks: parity | speed (JSON with --json)', run: runBench },
+  bench: { summary: `benchmarks: ${SUITES.join(' | ')} (JSON with --json)`, run: runBench },
 };
 
 function mainHelp(): string {
