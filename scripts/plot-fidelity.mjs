@@ -33,6 +33,7 @@ function label(r) {
   if (r.rerank !== (r.bits === 1 ? 16 : 4)) extra.push(`rerank ${r.rerank}`);
   if (r.group !== undefined && r.group !== 64) extra.push(`g ${r.group}`);
   if (r.residual !== undefined && r.residual !== 64) extra.push(`R ${r.residual}`);
+  if (r.sym_values) extra.push('sym. values');
   return `${r.policy} ${r.bits}-bit${extra.length ? ` (${extra.join(', ')})` : ''}`;
 }
 const weighted = (a, b, wa, wb, key) =>
@@ -67,7 +68,7 @@ const merged = new Map();  // ctx|task|label -> { seeds: Map(seed -> row) }
 for (const run of runs) {
   const p = run.params ?? {};
   for (const r0 of run.rows) {
-    const r = { ...r0, rerank: r0.bits ? rerankOf(p, r0.bits) : undefined, residual: p.residual, sources: [run.file] };
+    const r = { ...r0, rerank: r0.bits ? rerankOf(p, r0.bits) : undefined, residual: p.residual, sym_values: Boolean(p.sym_values) && r0.bits === 2, sources: [run.file] };
     const key = `${r.ctx}|${r.task}|${label(r)}`;
     const e = merged.get(key) ?? { seeds: new Map() };
     e.seeds.set(p.seed ?? 1, r);  // the same seed: the same inputs, the later run wins

@@ -161,6 +161,10 @@ typedef struct specode_context_params {
   int32_t backend;              /* specode_backend; default CPU */
   uint64_t device_budget_bytes; /* CUDA: device memory the weights and this context may use; 0: what is free.
                                    A context that does not fit is refused with the largest n_ctx that would */
+  int32_t kv_sym_values; /* specache*, 2-bit only: 1 = values quantized symmetrically, one fp16 scale per
+                            value group and no zero (2 bytes less per token and KV head than KIVI's
+                            min/max; an experiment beyond DESIGN.md, see docs/benchmarks.md). CPU
+                            backend only. 0 (default): KIVI's scale and zero */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);

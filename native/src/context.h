@@ -25,6 +25,7 @@ struct ContextConfig {
   int kv_group = 64;
   int kv_topk = 64;
   int kv_rerank = 4;
+  bool kv_sym_values = false;  // specache* 2-bit: symmetric values (LowbitConfig::sym_values)
   int kv_residual = 64;
   int kv_page_tokens = 64;
   bool kv_measure = false;

@@ -103,6 +103,7 @@ specode_context_params specode_context_default_params(void) {
   p.kv_budget_ratio = 0.0f;  // 0.2
   p.kv_sinks = 4;
   p.kv_rerank = 0;  // automatic: resolved_rerank
+  p.kv_sym_values = 0;
   p.kv_disk_dir = nullptr;
   p.kv_disk_max_bytes = 0;
   p.backend = SPECODE_BACKEND_CPU;
@@ -127,6 +128,7 @@ std::string cuda_obstacle(const specode_context_params &p, specode_cuda_info *ci
     return "the KV policy runs on the CPU backend only (CUDA has full, offload-all and specache)";
   if (p.kv_type != SPECODE_KV_F16) return "kv_type f32 runs on the CPU backend only";
   if (p.kv_measure) return "kv_measure (exact top-k overlap) runs on the CPU backend only";
+  if (p.kv_sym_values) return "kv_sym_values (symmetric 2-bit values) runs on the CPU backend only";
   return "";
 }
 
@@ -220,6 +222,12 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
     if (R <= 0 || R % g != 0)
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_residual (" + std::to_string(R) +
                                                  ") must be a positive multiple of kv_group (" + std::to_string(g) + ")");
+    if (params->kv_sym_values != 0 && params->kv_sym_values != 1)
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_sym_values must be 0 or 1, got " +
+                                                 std::to_string(params->kv_sym_values));
+    if (params->kv_sym_values && (!paged || params->kv_policy == SPECODE_KV_POLICY_OFFLOAD_ALL || params->kv_bits != 2))
+      return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_sym_values (symmetric values) applies to the 2-bit copy "
+                                             "of specache and specache-sync only");
     if (params->kv_rerank < 0 || params->kv_rerank > 16)
       return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_rerank must be in [1, 16] (0: automatic), got " +
                                                  std::to_string(params->kv_rerank));
@@ -273,6 +281,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_group = params->kv_group;
   cfg.kv_topk = params->kv_topk;
   cfg.kv_rerank = resolved_rerank(*params);
+  cfg.kv_sym_values = params->kv_sym_values != 0;
   cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;

@@ -65,6 +65,17 @@ void lowbit_params(float mn, float mx, int bits, float *scale, float *zero) {
   *zero = fp16_to_fp32(fp32_to_fp16(z));
 }
 
+// The symmetric 2-bit value scale of a group whose largest magnitude is a: a / 1.5
+// rounded up to the next fp16 whose 1.5 multiple is an fp16 too (at most 3 steps up).
+static float sym_scale(float a) {
+  const float s = std::min(a / 1.5f, 43000.0f);  // 1.5·s stays below the largest fp16
+  if (!(s > 0.0f)) return 0.0f;
+  uint16_t h = fp32_to_fp16(s);
+  if (fp16_to_fp32(h) < s) ++h;  // round up: ±1.5·scale covers ±a (positive fp16 order = integer order)
+  while (fp16_to_fp32(fp32_to_fp16(1.5f * fp16_to_fp32(h))) != 1.5f * fp16_to_fp32(h)) ++h;
+  return fp16_to_fp32(h);
+}
+
 int lowbit_code(float x, float scale, float zero, int bits) {
   if (!(scale > 0.0f)) return 0;
   const float top = (float)((1 << bits) - 1);
@@ -75,6 +86,7 @@ int lowbit_code(float x, float scale, float zero, int bits) {
 
 void LowbitStream::init(const LowbitConfig &cfg) {
   assert(cfg.bits == 1 || cfg.bits == 2);
+  assert(!cfg.sym_values || cfg.bits == 2);
   assert(cfg.group > 0 && cfg.group % 8 == 0 && cfg.head_dim % 8 == 0);  // whole bytes of codes
   cfg_ = cfg;
   vgroup_ = std::min(cfg.group, cfg.head_dim);
@@ -87,7 +99,7 @@ uint64_t LowbitStream::bytes_for(const LowbitConfig &cfg, int64_t n_tokens) {
   const int64_t vg = std::min(cfg.group, cfg.head_dim);
   const int64_t codes = 2 * n_tokens * cfg.head_dim * cfg.bits / 8;                 // K and V codes
   const int64_t key_params = (n_tokens / cfg.group) * cfg.head_dim * 2 * 2;        // fp16 scale + zero
-  const int64_t value_params = n_tokens * (cfg.head_dim / vg) * 2 * 2;             // fp16 scale + zero
+  const int64_t value_params = n_tokens * (cfg.head_dim / vg) * 2 * (cfg.sym_values ? 1 : 2);  // fp16 scale (+ zero)
   return (uint64_t)(codes + key_params + value_params);
 }
 
@@ -100,7 +112,7 @@ void LowbitStream::truncate(int n) {
   kzero_.resize(kscale_.size());
   vcodes_.resize((size_t)n * row_bytes_);
   vscale_.resize((size_t)n * (HD / vgroup_));
-  vzero_.resize(vscale_.size());
+  vzero_.resize(cfg_.sym_values ? 0 : vscale_.size());
 }
 
 void LowbitStream::append(const float *k, const float *v, int n) {
@@ -113,7 +125,7 @@ void LowbitStream::append(const float *k, const float *v, int n) {
   kzero_.resize(kscale_.size());
   vcodes_.resize((size_t)n_ * row_bytes_, 0);
   vscale_.resize((size_t)n_ * nvg);
-  vzero_.resize(vscale_.size());
+  vzero_.resize(cfg_.sym_values ? 0 : vscale_.size());
   // Keys: per channel over each group of g tokens.
   for (int b = 0; b < n / g; ++b) {
     const int group = old / g + b;
@@ -144,9 +156,14 @@ void LowbitStream::append(const float *k, const float *v, int n) {
         mx = std::max(mx, x[c]);
       }
       float scale, zero;
-      lowbit_params(mn, mx, bits, &scale, &zero);
+      if (cfg_.sym_values) {
+        scale = sym_scale(std::max(-mn, mx));
+        zero = -1.5f * scale;
+      } else {
+        lowbit_params(mn, mx, bits, &scale, &zero);
+        vzero_[tok * nvg + gi] = fp32_to_fp16(zero);
+      }
       vscale_[tok * nvg + gi] = fp32_to_fp16(scale);
-      vzero_[tok * nvg + gi] = fp32_to_fp16(zero);
       for (int c = 0; c < vgroup_; ++c)
         pack_code(&vcodes_[tok * row_bytes_], gi * vgroup_ + c, lowbit_code(x[c], scale, zero, bits), bits);
     }
@@ -166,7 +183,8 @@ void LowbitStream::dequantize(int t0, int t1, float *k, float *v) const {
     unpack_codes(&vcodes_[(size_t)t * row_bytes_], cfg_.bits, HD, codes.data());
     for (int c = 0; c < HD; ++c) {
       const int gi = c / vgroup_;
-      vr[c] = f16(vscale_[(size_t)t * nvg + gi]) * codes[c] + f16(vzero_[(size_t)t * nvg + gi]);
+      const float sc = f16(vscale_[(size_t)t * nvg + gi]);
+      vr[c] = sc * codes[c] + (cfg_.sym_values ? -1.5f * sc : f16(vzero_[(size_t)t * nvg + gi]));
     }
   }
 }
@@ -351,10 +369,17 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   }
   // Values: Σ_j p_j v_j over each decoded group (skipped tokens have p = 0).
   std::memset(acc, 0, (size_t)n_rows * HD * sizeof(float));
+  if (cfg.sym_values) scratch.vzero.resize((size_t)g * nvg);
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
-    kern.decode_values(&s.vcodes_[(size_t)first * s.row_bytes_], bits, g, HD, vg, &s.vscale_[(size_t)first * nvg],
-                       &s.vzero_[(size_t)first * nvg], dec);
+    const uint16_t *vscale = &s.vscale_[(size_t)first * nvg], *vzero;
+    if (cfg.sym_values) {
+      for (int i = 0; i < g * nvg; ++i) scratch.vzero[i] = fp32_to_fp16(-1.5f * f16(vscale[i]));  // exact (sym_scale)
+      vzero = scratch.vzero.data();
+    } else {
+      vzero = &s.vzero_[(size_t)first * nvg];
+    }
+    kern.decode_values(&s.vcodes_[(size_t)first * s.row_bytes_], bits, g, HD, vg, vscale, vzero, dec);
     kern.values(p + (first - t0), n, n_rows, dec, g, HD, acc);
   }
   for (int r = 0; r < n_rows; ++r) {

@@ -33,6 +33,12 @@ struct LowbitConfig {
   // Σ_c q_c² Δ_c² / 12 the variance of its rounding error (Δ_c the key group's level
   // spacing in channel c; the error uniform in ±Δ_c/2). Off: plain dequantized scores.
   bool debias = false;
+  // 2-bit only: values quantized symmetrically, one fp16 scale per value group and
+  // no stored zero (zero = -1.5·scale: levels ±scale/2, ±3·scale/2, the scale
+  // rounded up to 10 significant bits so the zero is an fp16 too). 2 bytes less per
+  // token per value group; a departure from KIVI's min/max (docs/benchmarks.md,
+  // "Why 2-bit cannot reach 1/6 at 8k").
+  bool sym_values = false;
 };
 
 // The debias setting the KV policies use: on, unless SPECODE_LOWBIT_DEBIAS=0.
@@ -79,13 +85,14 @@ class LowbitStream {
   std::vector<uint8_t> kcodes_;           // [n / g][head_dim][g * bits / 8]
   std::vector<uint16_t> kscale_, kzero_;  // [n / group][head_dim] fp16
   std::vector<uint8_t> vcodes_;           // [n][row_bytes]
-  std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16
+  std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16 (vzero_ empty with sym_values)
 };
 
 // Per-thread work space for lowbit_attend (grows on demand).
 struct LowbitScratch {
   std::vector<float> decoded;  // [group * head_dim]: the current group, decoded (keys [c][j], values [j][c])
   std::vector<float> q2t, shift;  // debias: q² transposed [head_dim][rows]; a group's shift per row
+  std::vector<uint16_t> vzero;    // sym_values: a group's value zeros (-1.5·scale, fp16)
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the

@@ -147,6 +147,54 @@ TEST(lowbit_bytes_per_token) {
   CHECK(s.bytes() == 64 * 40 && s.size() == 64);
 }
 
+TEST(lowbit_symmetric_values) {
+  // sym_values (2-bit): values get one fp16 scale per group and no zero, levels
+  // ±scale/2 and ±3·scale/2 with 1.5·scale >= the group's largest magnitude; keys
+  // are exactly those of the ordinary stream; 2 bytes less per token (g 64, head_dim 64).
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 64, false, true}, 64) == 64 * 38);
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 32, false, true}, 64) == 64 * 44);
+  for (int g : {32, 64}) {
+    const int HD = 64, n = 4 * 64;
+    LowbitStream plain(LowbitConfig{HD, 2, g}), sym(LowbitConfig{HD, 2, g, false, true});
+    auto k = kv_rows(n, HD, 21), v = kv_rows(n, HD, 22 + g);
+    for (int t = 0; t < n; t += 17) v[(size_t)t * HD + 5] = 1e-6f * (float)t;  // tiny and exact-zero-crossing values
+    std::fill(v.begin() + (size_t)64 * HD, v.begin() + (size_t)65 * HD, 0.0f);  // an all-zero token
+    plain.append(k.data(), v.data(), n);
+    sym.append(k.data(), v.data(), n);
+    CHECK(sym.bytes() + (uint64_t)n * (HD / std::min(g, HD)) * 2 == plain.bytes());
+    std::vector<float> kp((size_t)n * HD), vp((size_t)n * HD), ks((size_t)n * HD), vs((size_t)n * HD);
+    plain.dequantize(0, n, kp.data(), vp.data());
+    sym.dequantize(0, n, ks.data(), vs.data());
+    CHECK(kp == ks);
+    const int vg = std::min(g, HD);
+    int bad = 0;
+    for (int t = 0; t < n; ++t)
+      for (int gi = 0; gi < HD / vg; ++gi) {
+        float a = 0;
+        for (int c = 0; c < vg; ++c) a = std::fmax(a, std::fabs(v[(size_t)t * HD + gi * vg + c]));
+        // step = 2a/3 (scale a/1.5, rounded up by at most 3 fp16 steps); error <= step/2.
+        const float bound = a / 3.0f * (1.0f + 4e-3f) + 1e-7f;
+        for (int c = 0; c < vg; ++c) {
+          const size_t at = (size_t)t * HD + gi * vg + c;
+          if (!(std::fabs(v[at] - vs[at]) <= bound)) ++bad;
+        }
+      }
+    CHECK(bad == 0);
+    for (int c = 0; c < HD; ++c) CHECK(std::fabs(vs[(size_t)64 * HD + c]) == 0.0f);
+  }
+  // Values on the four levels come back exactly.
+  const int HD = 8, g = 32;
+  std::vector<float> k((size_t)g * HD, 0.0f), v((size_t)g * HD);
+  const float lv[4] = {-3.0f, -1.0f, 1.0f, 3.0f};  // scale 2
+  for (int j = 0; j < g; ++j)
+    for (int c = 0; c < HD; ++c) v[(size_t)j * HD + c] = lv[(j + c) % 4];
+  LowbitStream s(LowbitConfig{HD, 2, g, false, true});
+  s.append(k.data(), v.data(), g);
+  std::vector<float> kd(k.size()), vd(v.size());
+  s.dequantize(0, g, kd.data(), vd.data());
+  CHECK(vd == v);
+}
+
 // x rounded to the nearest bf16 (ties to even), as vcvtne2ps2bf16 does.
 static float bf16_round(float x) {
   uint32_t u;
@@ -161,12 +209,14 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
   // bf16 dot products (AVX-512 BF16), which round q, k, p and v to 8 mantissa bits.
   for (int mode : {0, 1, 2})
   for (int bits : {1, 2})
-    for (int g : {32, 64}) {
+    for (int g : {32, 64})
+    for (int sym : {0, 1}) {
+      if (sym && bits != 2) continue;
       specode::lowbit_force_scalar(mode == 0);
       specode::lowbit_force_fp32(mode == 1);
       const bool bf16 = !std::strcmp(specode::lowbit_kernels(g, 64).name, "w16-bf16");
       const int HD = 64, n = 6 * 64, rows = 5;
-      LowbitStream s(LowbitConfig{HD, bits, g});
+      LowbitStream s(LowbitConfig{HD, bits, g, false, sym != 0});
       auto k = kv_rows(n, HD, 11 * bits + g), v = kv_rows(n, HD, 5 + g);
       s.append(k.data(), v.data(), n);
       std::mt19937 rng(g + bits);
@@ -230,7 +280,7 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
           worst_p = std::fmax(worst_p, std::fabs(got - prob[j] / sum));
         }
       }
-      if (bf16) std::printf("    bf16 %d-bit g %d: output error %.2e, probability error %.2e\n", bits, g, worst, worst_p);
+      if (bf16) std::printf("    bf16 %d-bit g %d%s: output error %.2e, probability error %.2e\n", bits, g, sym ? " sym" : "", worst, worst_p);
       CHECK(worst < (bf16 ? vmax / 256 + 1e-4 : 1e-4));
       CHECK(worst_p < 1e-5);
     }

@@ -406,6 +406,65 @@ TEST(specache_rejects_bad_parameters) {
   specode_context_free(ctx);
 }
 
+TEST(specache_symmetric_values_option) {
+  // kv_sym_values: 2-bit only (refused at 1 bit and for other policies, saying
+  // why); the low-bit copy holds 2 bytes less per token, layer and KV head (one
+  // value group of 64 channels); with a top-k that covers the context the
+  // logits are still full's, since every row attended low-bit is then fetched.
+  TinyModel tm;
+  CHECK(tm.model != nullptr);
+  if (!tm.model) return;
+  specode_context_params cp = specode_context_default_params();
+  cp.n_ctx = 256;
+  cp.kv_policy = SPECODE_KV_POLICY_SPECACHE;
+  cp.kv_sym_values = 1;
+  cp.kv_bits = 1;
+  specode_context *ctx = nullptr;
+  CHECK(specode_context_init(tm.model, &cp, &ctx) == SPECODE_ERR_ARGUMENT);
+  CHECK(std::string(specode_last_error()).find("2-bit") != std::string::npos);
+  cp.kv_bits = 2;
+  cp.kv_policy = SPECODE_KV_POLICY_KIVI;
+  CHECK(specode_context_init(tm.model, &cp, &ctx) == SPECODE_ERR_ARGUMENT);
+  cp.kv_policy = SPECODE_KV_POLICY_SPECACHE;
+  cp.kv_sym_values = 2;
+  CHECK(specode_context_init(tm.model, &cp, &ctx) == SPECODE_ERR_ARGUMENT);
+  cp.kv_sym_values = 1;
+  cp.backend = SPECODE_BACKEND_CUDA;
+  CHECK(specode_context_init(tm.model, &cp, &ctx) != SPECODE_OK);  // CPU only (or no CUDA here at all)
+  cp.backend = SPECODE_BACKEND_CPU;
+  cp.kv_topk = 256;
+  cp.kv_rerank = 1;
+  specode_context *sym = nullptr;
+  CHECK(specode_context_init(tm.model, &cp, &sym) == SPECODE_OK);
+  specode_context *plain = tm.context(SPECODE_KV_POLICY_SPECACHE, 256, 256);
+  specode_context *full = tm.context(SPECODE_KV_POLICY_FULL, 256, 0);
+  if (!sym || !plain || !full) return;
+  const int n_prompt = 200;
+  auto toks = prompt(n_prompt, 9);
+  std::vector<float> ls(kVocab), lp(kVocab), lf(kVocab);
+  CHECK(specode_decode(sym, toks.data(), n_prompt, 0, ls.data()) == SPECODE_OK);
+  CHECK(specode_decode(plain, toks.data(), n_prompt, 0, lp.data()) == SPECODE_OK);
+  CHECK(specode_decode(full, toks.data(), n_prompt, 0, lf.data()) == SPECODE_OK);
+  for (int step = 0; step < 8; ++step) {
+    const int32_t tok = argmax(lf.data(), kVocab);
+    CHECK(specode_decode(sym, &tok, 1, 0, ls.data()) == SPECODE_OK);
+    CHECK(specode_decode(plain, &tok, 1, 0, lp.data()) == SPECODE_OK);
+    CHECK(specode_decode(full, &tok, 1, 0, lf.data()) == SPECODE_OK);
+    CHECK(max_diff(ls, lf) < 1e-3f);
+  }
+  specode_kv_metrics ms, mp;
+  specode_context_metrics(sym, &ms);
+  specode_context_metrics(plain, &mp);
+  CHECK(ms.n_lowbit_tokens == mp.n_lowbit_tokens && ms.n_lowbit_tokens > 0);
+  specode_model_info info;
+  specode_model_get_info(tm.model, &info);
+  const uint64_t groups = (uint64_t)info.head_dim / std::min(64, info.head_dim);
+  CHECK(mp.device_lowbit_bytes - ms.device_lowbit_bytes == ms.n_lowbit_tokens * info.n_layer * info.n_head_kv * groups * 2);
+  specode_context_free(sym);
+  specode_context_free(plain);
+  specode_context_free(full);
+}
+
 TEST(specache_context_copy_equals_own_prefill) {
   // A specache context that copies a full context's prefill then decodes exactly
   // like one that ran the prefill itself; full copies back from a paged context.

@@ -205,3 +205,22 @@ test('createContext rejects an unknown policy', { skip: !modelPath && modelMissi
     model.free();
   }
 });
+
+test('symValues reaches the engine: 2 bytes less per token and KV head, 2-bit only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+  const { model, prompt } = await setup();
+  const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });
+  const sym = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, symValues: true });
+  try {
+    assert.throws(() => model.createContext({ nCtx: 64, policy: 'specache', bits: 1, symValues: true }), /kv_sym_values.*2-bit/);
+    await plain.decode(prompt);
+    await sym.decode(prompt);
+    const mp = plain.metrics(), ms = sym.metrics(), info = model.info();
+    assert.ok(ms.nLowbitTokens > 0 && ms.nLowbitTokens === mp.nLowbitTokens);
+    const groups = info.headDim / Math.min(64, info.headDim);
+    assert.equal(mp.deviceLowbitBytes - ms.deviceLowbitBytes, ms.nLowbitTokens * info.nLayer * info.nHeadKv * groups * 2);
+  } finally {
+    plain.free();
+    sym.free();
+    model.free();
+  }
+});

@@ -53,6 +53,8 @@ export interface FidelityOptions {
   topk?: number;
   /** specache: two-stage row choice (see ContextOptions.rerank; default automatic per bits). */
   rerank?: number;
+  /** specache* at 2 bits: symmetric values (ContextOptions.symValues). */
+  symValues?: boolean;
   residual?: number;
   tasks: FidelityTask[];
   trials: number;
@@ -365,7 +367,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
     metrics: 'ctx.metrics() after each sample\'s decode steps (counters reset after its prefill); device_kv_bytes and fp16_kv_bytes are means over samples; spec_match, stall_frac, topk_overlap pooled over steps',
   };
   env.params = {
-    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', residual, tasks: o.tasks, trials: o.trials,
+    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', ...(o.symValues ? { sym_values: '2-bit values symmetric (one fp16 scale per group, no zero)' } : {}), residual, tasks: o.tasks, trials: o.trials,
     depths: o.depths, gen_tokens: o.genTokens, answer_tokens: o.answerTokens ?? 16, keys: o.keys ?? 4, seed: o.seed ?? 1,
     measure: o.measure ?? true, n_batch: 256,
   };
@@ -408,7 +410,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
           const copts: ContextOptions = { nCtx: ctxLen, nBatch: 256, threads: o.threads, kvType: 'f16' };
           if (caps.policies) {
             copts.policy = cfg.policy;
-            if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, ...(rerank ? { rerank } : {}), residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
+            if (cfg.bits !== null) Object.assign(copts, { bits: cfg.bits, group, topk, ...(rerank ? { rerank } : {}), ...(o.symValues && cfg.bits === 2 ? { symValues: true } : {}), residual, measure: cfg.policy === 'specache' && (o.measure ?? true) });
             if (cfg.opts) Object.assign(copts, cfg.opts);
           }
           const ctx = model.createContext(copts);

@@ -31,6 +31,7 @@ const FLAGS: Record<string, FlagSpec> = {
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
   rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper; default: automatic, 16 at 1 bit and 4 at 2 bits)' },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
+  'sym-values': { type: 'boolean', help: 'fidelity: the 2-bit copy quantizes values symmetrically (one fp16 scale per group, no zero: 2 bytes less per token and KV head; an experiment beyond DESIGN.md)', default: false },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
   depths: { type: 'number', help: 'fidelity: needle depths per trial, evenly spaced 0%..100%', default: 10 },
@@ -173,7 +174,7 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
     modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
     topk: positive('topk'), rerank: rerankFlag(f.rerank), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
     genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
-    measure: f.measure !== false, command,
+    measure: f.measure !== false, symValues: f['sym-values'] === true, command,
     onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,
   });
 }

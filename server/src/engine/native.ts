@@ -89,6 +89,8 @@ export interface ContextOptions {
   topk?: number;
   /** specache: > 1 chooses the fetched rows in two stages — the rerank × topk best by low-bit scores, then the topk best of those by exact scores from their fp16 host rows (1: one stage, as the paper; default automatic: 16 at 1 bit, 4 at 2 bits — see specode::auto_rerank). */
   rerank?: number;
+  /** specache* at 2 bits: values quantized symmetrically (one fp16 scale per group, no zero) — 2 bytes less per token and KV head; an experiment beyond DESIGN.md, CPU only (default false). */
+  symValues?: boolean;
   /**
    * Paged policies: disk tier of the host pages. Full pages are saved under
    * <diskCacheDir>/<model id>/ and adopted by a later context of the same weights (after a
