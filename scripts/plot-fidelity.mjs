@@ -11,8 +11,8 @@
 // Several runs: rows of one configuration (policy, bits, and the engine
 // settings top-k, rerank, group, residual) on one task and context are pooled
 // across runs with different seeds (accuracy by samples, agreement by
-// positions); a later run with the same seed replaces the earlier one (same
-// inputs). Configurations that differ from the defaults say so in their label.
+// positions); a later run with the same seed over the same candidate files
+// replaces the earlier one (same inputs). Configurations that differ from the defaults say so in their label.
 import { readFileSync, writeFileSync } from 'node:fs';
 
 const args = process.argv.slice(2);
@@ -71,7 +71,9 @@ for (const run of runs) {
     const r = { ...r0, rerank: r0.bits ? rerankOf(p, r0.bits) : undefined, residual: p.residual, sym_values: Boolean(p.sym_values) && r0.bits === 2, sources: [run.file] };
     const key = `${r.ctx}|${r.task}|${label(r)}`;
     const e = merged.get(key) ?? { seeds: new Map() };
-    e.seeds.set(p.seed ?? 1, r);  // the same seed: the same inputs, the later run wins
+    // The same seed over the same candidate files: the same inputs, and the later run wins.
+    const inputs = `${p.seed ?? 1}|${(run.inputs?.haystack ?? '').replace(/from \S+/, '')}`;
+    e.seeds.set(inputs, r);
     merged.set(key, e);
   }
 }
@@ -105,7 +107,7 @@ if (md) {
 // ---------------------------------------------------------------- SVG
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const parts = [];
-const W = 1200;
+const W = 1500;
 const left = 215;
 const cell = 30;
 const rowH = 22;
