@@ -87,6 +87,16 @@ function installNode(log, force) {
   return true;
 }
 
+// An npm started from npm (npm test, npm start) inherits the outer npm's lifecycle
+// variables, which name the outer npm and its Node: code-server's install script reads
+// the Node major from npm_config_user_agent ("requires node v24 ... you are on node v20"),
+// and node-gyp may follow npm_node_execpath. The inner npm runs without them; user
+// settings (registry, cache, cafile, proxies) pass through.
+export function withoutOuterNpm(env) {
+  const lifecycle = /^npm_(config_user_agent|config_local_prefix|config_global_prefix|config_prefix|config_node_gyp|config_npm_version|config_call|node_execpath|execpath|command|lifecycle_|package_)/i;
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !lifecycle.test(k)));
+}
+
 function installCodeServer(log, force) {
   const p = paths();
   const lock = readFileSync(join(here, 'host', 'package-lock.json'));
@@ -98,7 +108,7 @@ function installCodeServer(log, force) {
   copyFileSync(join(here, 'host', 'package.json'), join(p.hostDir, 'package.json'));
   copyFileSync(join(here, 'host', 'package-lock.json'), join(p.hostDir, 'package-lock.json'));
   const env = {
-    ...process.env,
+    ...withoutOuterNpm(process.env),
     PATH: `${dirname(p.node)}:${process.env.PATH}`,
     npm_config_nodedir: p.nodeDir,
     npm_config_update_notifier: 'false',
