@@ -35,9 +35,9 @@ struct LowbitConfig {
   bool debias = false;
   // 2-bit only: values quantized symmetrically, one fp16 scale per value group and
   // no stored zero (zero = -1.5·scale: levels ±scale/2, ±3·scale/2, the scale
-  // rounded up to 10 significant bits so the zero is an fp16 too). 2 bytes less per
-  // token per value group; a departure from KIVI's min/max (docs/benchmarks.md,
-  // "Why 2-bit cannot reach 1/6 at 8k").
+  // rounded up to an fp16 whose 1.5 multiple is an fp16 too). 2 bytes less per
+  // token per value group; a departure from KIVI's min/max, measured and rejected
+  // (docs/benchmarks.md, "Why 2-bit cannot reach 1/6 at 8k"): off by default.
   bool sym_values = false;
 };
 
