@@ -84,8 +84,6 @@ const order = (r) => [r.policy === 'full' ? 0 : 1, -(r.bits ?? 0), label(r)];
 const cmpCfg = (a, b) => { const x = order(a), y = order(b); return x[0] - y[0] || x[1] - y[1] || (x[2] < y[2] ? -1 : x[2] > y[2] ? 1 : 0); };
 rows.sort((a, b) => a.ctx - b.ctx || TASKS.indexOf(a.task) - TASKS.indexOf(b.task) || cmpCfg(a, b));
 
-const configs = [];
-for (const r of rows) if (!configs.includes(label(r))) configs.push(label(r));
 const contexts = [...new Set(rows.map((r) => r.ctx))].sort((a, b) => a - b);
 const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? '—' : Number(x).toFixed(d));
 const mib = (x) => (x === null || x === undefined ? '—' : (x / 2 ** 20).toFixed(1));
