@@ -34,6 +34,7 @@ function label(r) {
   if (r.group !== undefined && r.group !== 64) extra.push(`g ${r.group}`);
   if (r.residual !== undefined && r.residual !== 64) extra.push(`R ${r.residual}`);
   if (r.sym_values) extra.push('sym. values');
+  if (r.param_bits === 8) extra.push('8-bit params');
   return `${r.policy} ${r.bits}-bit${extra.length ? ` (${extra.join(', ')})` : ''}`;
 }
 const weighted = (a, b, wa, wb, key) =>
@@ -68,7 +69,7 @@ const merged = new Map();  // ctx|task|label -> { seeds: Map(seed -> row) }
 for (const run of runs) {
   const p = run.params ?? {};
   for (const r0 of run.rows) {
-    const r = { ...r0, rerank: r0.bits ? rerankOf(p, r0.bits) : undefined, residual: p.residual, sym_values: Boolean(p.sym_values) && r0.bits === 2, sources: [run.file] };
+    const r = { ...r0, rerank: r0.bits ? rerankOf(p, r0.bits) : undefined, residual: p.residual, sym_values: Boolean(p.sym_values) && r0.bits === 2, param_bits: r0.param_bits, sources: [run.file] };
     const key = `${r.ctx}|${r.task}|${label(r)}`;
     const e = merged.get(key) ?? { seeds: new Map() };
     // The same seed over the same candidate files: the same inputs, and the later run wins.

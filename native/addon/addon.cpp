@@ -528,6 +528,7 @@ napi_value model_create_context(napi_env env, napi_callback_info info) {
   p.kv_page_tokens = (int32_t)opt_num(env, opts, "pageTokens", p.kv_page_tokens);
   p.kv_measure = opt_bool(env, opts, "measure", false) ? 1 : 0;
   p.kv_sym_values = opt_bool(env, opts, "symValues", false) ? 1 : 0;
+  p.kv_param_bits = (int32_t)opt_num(env, opts, "paramBits", p.kv_param_bits);
   p.kv_budget = (int32_t)opt_num(env, opts, "budget", p.kv_budget);
   p.kv_budget_ratio = (float)opt_num(env, opts, "budgetRatio", p.kv_budget_ratio);
   p.kv_sinks = (int32_t)opt_num(env, opts, "sinks", p.kv_sinks);

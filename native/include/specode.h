@@ -165,6 +165,11 @@ typedef struct specode_context_params {
                             value group and no zero (2 bytes less per token and KV head than KIVI's
                             min/max; an experiment beyond DESIGN.md, see docs/benchmarks.md). CPU
                             backend only. 0 (default): KIVI's scale and zero */
+  int32_t kv_param_bits; /* specache*: how the low-bit copy stores its scales and zeros. 16 (default; 0 reads
+                            as 16): fp16 per group, as DESIGN.md. 8: an experiment beyond DESIGN.md — 8-bit
+                            codes on a grid per block (a key group's channels; a value column over a key
+                            group's tokens) with the grid's lo and step in fp16: about 2 bytes less per
+                            token for keys and for values. CPU backend only; not with kv_sym_values */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);

@@ -146,6 +146,7 @@ Context::Context(Model *model, const ContextConfig &cfg) : model_(model), cfg_(c
     pc.topk = cfg_.kv_topk;
     pc.rerank = cfg_.kv_rerank;
     pc.sym_values = cfg_.kv_sym_values;
+    pc.param_bits = cfg_.kv_param_bits;
     pc.residual = cfg_.kv_residual;
     pc.measure = cfg_.kv_measure;
     pc.n_threads = pool().size();

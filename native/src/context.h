@@ -26,6 +26,7 @@ struct ContextConfig {
   int kv_topk = 64;
   int kv_rerank = 4;
   bool kv_sym_values = false;  // specache* 2-bit: symmetric values (LowbitConfig::sym_values)
+  int kv_param_bits = 16;      // specache*: 8 = scales and zeros on 8-bit grids (LowbitConfig::param_bits)
   int kv_residual = 64;
   int kv_page_tokens = 64;
   bool kv_measure = false;

@@ -104,6 +104,7 @@ specode_context_params specode_context_default_params(void) {
   p.kv_sinks = 4;
   p.kv_rerank = 0;  // automatic: resolved_rerank
   p.kv_sym_values = 0;
+  p.kv_param_bits = 16;
   p.kv_disk_dir = nullptr;
   p.kv_disk_max_bytes = 0;
   p.backend = SPECODE_BACKEND_CPU;
@@ -129,6 +130,7 @@ std::string cuda_obstacle(const specode_context_params &p, specode_cuda_info *ci
   if (p.kv_type != SPECODE_KV_F16) return "kv_type f32 runs on the CPU backend only";
   if (p.kv_measure) return "kv_measure (exact top-k overlap) runs on the CPU backend only";
   if (p.kv_sym_values) return "kv_sym_values (symmetric 2-bit values) runs on the CPU backend only";
+  if (p.kv_param_bits == 8) return "kv_param_bits 8 (8-bit scales and zeros) runs on the CPU backend only";
   return "";
 }
 
@@ -211,6 +213,14 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   }
   const bool lowbit = params->kv_policy == SPECODE_KV_POLICY_KIVI || params->kv_policy == SPECODE_KV_POLICY_GEAR ||
                       params->kv_policy == SPECODE_KV_POLICY_TAILORKV;
+  if (params->kv_param_bits != 0 && params->kv_param_bits != 8 && params->kv_param_bits != 16)
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_param_bits must be 16 (fp16 scales and zeros) or 8, got " +
+                                               std::to_string(params->kv_param_bits));
+  if (params->kv_param_bits == 8 && (!paged || params->kv_policy == SPECODE_KV_POLICY_OFFLOAD_ALL))
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_param_bits 8 applies to the low-bit copy of specache and "
+                                           "specache-sync only");
+  if (params->kv_param_bits == 8 && params->kv_sym_values)
+    return set_error(SPECODE_ERR_ARGUMENT, "context_init: kv_param_bits 8 and kv_sym_values cannot be combined");
   if (paged || lowbit) {
     const specode::Hparams &hp = model->impl->hp;
     const int g = params->kv_group, R = residual;
@@ -282,6 +292,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_topk = params->kv_topk;
   cfg.kv_rerank = resolved_rerank(*params);
   cfg.kv_sym_values = params->kv_sym_values != 0;
+  cfg.kv_param_bits = params->kv_param_bits == 8 ? 8 : 16;
   cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;

@@ -76,6 +76,89 @@ static float sym_scale(float a) {
   return fp16_to_fp32(h);
 }
 
+// ---- param_bits 8: scales and zeros coded on an 8-bit grid per block -------
+
+namespace {
+
+constexpr float kF16Max = 65504.0f;
+
+// The fp16 nearest x, one step lower (higher) when it lies above (below) x.
+uint16_t fp16_down(float x) {
+  const uint16_t h = fp32_to_fp16(x);
+  if (fp16_to_fp32(h) <= x) return h;
+  if ((h & 0x7fff) == 0) return 0x8001;  // ±0 -> the negative subnormal nearest 0
+  return (h & 0x8000) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
+}
+uint16_t fp16_up(float x) {
+  const uint16_t h = fp32_to_fp16(x);
+  if (fp16_to_fp32(h) >= x) return h;
+  if ((h & 0x7fff) == 0) return 0x0001;
+  return (h & 0x8000) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
+}
+
+// The fp16 values of n codes on the grid {lo, step}: lo + code·step (the product is
+// exact in fp32, so a fused multiply-add rounds the same), rounded to fp16 by the row
+// converter (F16C where there is one). Writer and reader both call this, so the codes
+// are made against the very values attention uses.
+void grid_decode(const uint16_t *grid, const uint8_t *codes, int n, uint16_t *out) {
+  const float lo = fp16_to_fp32(grid[0]), step = fp16_to_fp32(grid[1]);
+  float buf[64];
+  for (int i0 = 0; i0 < n; i0 += 64) {
+    const int m = std::min(64, n - i0);
+    for (int i = 0; i < m; ++i) buf[i] = lo + (float)codes[i0 + i] * step;
+    f32_to_f16_row(buf, out + i0, m);
+  }
+}
+
+// A grid {lo, step} whose 256 points span [min x, max x] (lo rounded down, step up).
+void grid_fit(const float *x, int n, uint16_t *grid) {
+  float mn = INFINITY, mx = -INFINITY;
+  for (int i = 0; i < n; ++i) {
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  grid[0] = fp16_down(std::max(mn, -kF16Max));
+  grid[1] = fp16_up(std::min(std::max(0.0f, (mx - fp16_to_fp32(grid[0])) / 255.0f), kF16Max));
+}
+
+// The nearest grid point's code (clamped; 0 for a one-point grid or NaN).
+int grid_code(float x, const uint16_t *grid) {
+  const float step = fp16_to_fp32(grid[1]);
+  if (!(step > 0.0f)) return 0;
+  float c = std::floor((x - fp16_to_fp32(grid[0])) / step + 0.5f);
+  c = c < 0.0f ? 0.0f : (c > 255.0f ? 255.0f : c);
+  return c == c ? (int)c : 0;
+}
+
+// The params of n groups spanning [mn[i], mx[i]] at param_bits 8. The zeros go on
+// their grid (grid[0..1]) first; each scale is then refitted so the top level stays
+// where the exact rule puts it (2-bit: the max; 1-bit: the upper quartile) and goes
+// on its own grid (grid[2..3]). Out: codes, and the fp16-exact scale and zero.
+void params8(const float *mn, const float *mx, int n, int bits, uint16_t *grid, uint8_t *scode, uint8_t *zcode,
+             float *scale, float *zero) {
+  const float top = (float)((1 << bits) - 1);
+  std::vector<float> z(n), t(n);
+  std::vector<uint16_t> h(n);
+  for (int i = 0; i < n; ++i) {
+    const float s = bits == 2 ? (mx[i] - mn[i]) / 3.0f : (mx[i] - mn[i]) / 2.0f;
+    z[i] = bits == 2 ? mn[i] : (3.0f * mn[i] + mx[i]) / 4.0f;
+    t[i] = z[i] + top * s;
+  }
+  grid_fit(z.data(), n, grid);
+  for (int i = 0; i < n; ++i) zcode[i] = (uint8_t)grid_code(z[i], grid);
+  grid_decode(grid, zcode, n, h.data());
+  for (int i = 0; i < n; ++i) {
+    zero[i] = fp16_to_fp32(h[i]);
+    t[i] = std::min(std::max(0.0f, (t[i] - zero[i]) / top), kF16Max);  // t now holds the refitted scales
+  }
+  grid_fit(t.data(), n, grid + 2);
+  for (int i = 0; i < n; ++i) scode[i] = (uint8_t)grid_code(t[i], grid + 2);
+  grid_decode(grid + 2, scode, n, h.data());
+  for (int i = 0; i < n; ++i) scale[i] = fp16_to_fp32(h[i]);
+}
+
+}  // namespace
+
 int lowbit_code(float x, float scale, float zero, int bits) {
   if (!(scale > 0.0f)) return 0;
   const float top = (float)((1 << bits) - 1);
@@ -87,6 +170,7 @@ int lowbit_code(float x, float scale, float zero, int bits) {
 void LowbitStream::init(const LowbitConfig &cfg) {
   assert(cfg.bits == 1 || cfg.bits == 2);
   assert(!cfg.sym_values || cfg.bits == 2);
+  assert(cfg.param_bits == 16 || (cfg.param_bits == 8 && !cfg.sym_values && cfg.group <= 64));
   assert(cfg.group > 0 && cfg.group % 8 == 0 && cfg.head_dim % 8 == 0);  // whole bytes of codes
   cfg_ = cfg;
   vgroup_ = std::min(cfg.group, cfg.head_dim);
@@ -98,21 +182,81 @@ void LowbitStream::init(const LowbitConfig &cfg) {
 uint64_t LowbitStream::bytes_for(const LowbitConfig &cfg, int64_t n_tokens) {
   const int64_t vg = std::min(cfg.group, cfg.head_dim);
   const int64_t codes = 2 * n_tokens * cfg.head_dim * cfg.bits / 8;                 // K and V codes
-  const int64_t key_params = (n_tokens / cfg.group) * cfg.head_dim * 2 * 2;        // fp16 scale + zero
-  const int64_t value_params = n_tokens * (cfg.head_dim / vg) * 2 * (cfg.sym_values ? 1 : 2);  // fp16 scale (+ zero)
+  const int64_t groups = n_tokens / cfg.group, nvg = cfg.head_dim / vg;
+  if (cfg.param_bits == 8)  // 8-bit scale and zero codes, plus 4 fp16 per block
+    return (uint64_t)(codes + groups * (cfg.head_dim * 2 + 8) + n_tokens * nvg * 2 + groups * nvg * 8);
+  const int64_t key_params = groups * cfg.head_dim * 2 * 2;                        // fp16 scale + zero
+  const int64_t value_params = n_tokens * nvg * 2 * (cfg.sym_values ? 1 : 2);       // fp16 scale (+ zero)
   return (uint64_t)(codes + key_params + value_params);
 }
 
 void LowbitStream::truncate(int n) {
   assert(n >= 0 && n <= n_ && n % cfg_.group == 0);
   n_ = n;
-  const int HD = cfg_.head_dim;
   kcodes_.resize((size_t)n * row_bytes_);
-  kscale_.resize((size_t)(n / cfg_.group) * HD);
-  kzero_.resize(kscale_.size());
   vcodes_.resize((size_t)n * row_bytes_);
-  vscale_.resize((size_t)n * (HD / vgroup_));
-  vzero_.resize(cfg_.sym_values ? 0 : vscale_.size());
+  resize_params();
+}
+
+void LowbitStream::resize_params() {
+  const size_t kp = (size_t)(n_ / cfg_.group) * cfg_.head_dim, vp = (size_t)n_ * (cfg_.head_dim / vgroup_);
+  const bool p8 = cfg_.param_bits == 8;
+  kscale_.resize(p8 ? 0 : kp);
+  kzero_.resize(p8 ? 0 : kp);
+  vscale_.resize(p8 ? 0 : vp);
+  vzero_.resize(p8 || cfg_.sym_values ? 0 : vp);
+  kscale8_.resize(p8 ? kp : 0);
+  kzero8_.resize(p8 ? kp : 0);
+  kgrid_.resize(p8 ? (size_t)(n_ / cfg_.group) * 4 : 0);
+  vscale8_.resize(p8 ? vp : 0);
+  vzero8_.resize(p8 ? vp : 0);
+  vgrid_.resize(p8 ? (size_t)(n_ / cfg_.group) * (cfg_.head_dim / vgroup_) * 4 : 0);
+}
+
+void LowbitStream::key_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero,
+                              const uint16_t **scale, const uint16_t **zero) const {
+  const int HD = cfg_.head_dim;
+  if (cfg_.param_bits != 8) {
+    *scale = &kscale_[(size_t)group * HD];
+    *zero = &kzero_[(size_t)group * HD];
+    return;
+  }
+  out_scale.resize(HD);
+  out_zero.resize(HD);
+  const uint16_t *grid = &kgrid_[(size_t)group * 4];
+  grid_decode(grid, &kzero8_[(size_t)group * HD], HD, out_zero.data());
+  grid_decode(grid + 2, &kscale8_[(size_t)group * HD], HD, out_scale.data());
+  *scale = out_scale.data();
+  *zero = out_zero.data();
+}
+
+void LowbitStream::value_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero,
+                                const uint16_t **scale, const uint16_t **zero) const {
+  const int g = cfg_.group, nvg = cfg_.head_dim / vgroup_;
+  const size_t first = (size_t)group * g * nvg;
+  if (cfg_.param_bits != 8) {
+    *scale = &vscale_[first];
+    *zero = cfg_.sym_values ? nullptr : &vzero_[first];
+    return;
+  }
+  out_scale.resize((size_t)g * nvg);
+  out_zero.resize((size_t)g * nvg);
+  uint16_t col[2][64];  // one value column's zeros and scales, g <= 64
+  for (int gi = 0; gi < nvg; ++gi) {
+    // Codes are block-major ([group][gi][g]); the kernels read [j][gi].
+    const size_t block = ((size_t)group * nvg + gi) * g;
+    const uint16_t *grid = &vgrid_[((size_t)group * nvg + gi) * 4];
+    uint16_t *zd = nvg == 1 ? out_zero.data() : col[0], *sd = nvg == 1 ? out_scale.data() : col[1];
+    grid_decode(grid, &vzero8_[block], g, zd);
+    grid_decode(grid + 2, &vscale8_[block], g, sd);
+    if (nvg > 1)
+      for (int j = 0; j < g; ++j) {
+        out_zero[(size_t)j * nvg + gi] = col[0][j];
+        out_scale[(size_t)j * nvg + gi] = col[1][j];
+      }
+  }
+  *scale = out_scale.data();
+  *zero = out_zero.data();
 }
 
 void LowbitStream::append(const float *k, const float *v, int n) {
@@ -121,11 +265,12 @@ void LowbitStream::append(const float *k, const float *v, int n) {
   const int old = n_;
   n_ += n;
   kcodes_.resize((size_t)n_ * row_bytes_, 0);
-  kscale_.resize((size_t)(n_ / g) * HD);
-  kzero_.resize(kscale_.size());
   vcodes_.resize((size_t)n_ * row_bytes_, 0);
-  vscale_.resize((size_t)n_ * nvg);
-  vzero_.resize(cfg_.sym_values ? 0 : vscale_.size());
+  resize_params();
+  if (cfg_.param_bits == 8) {
+    append_params8(k, v, n, old);
+    return;
+  }
   // Keys: per channel over each group of g tokens.
   for (int b = 0; b < n / g; ++b) {
     const int group = old / g + b;
@@ -170,21 +315,72 @@ void LowbitStream::append(const float *k, const float *v, int n) {
   }
 }
 
+void LowbitStream::append_params8(const float *k, const float *v, int n, int old) {
+  const int g = cfg_.group, HD = cfg_.head_dim, bits = cfg_.bits, nvg = HD / vgroup_;
+  std::vector<float> mn(std::max(HD, g)), mx(mn.size()), scale(mn.size()), zero(mn.size());
+  for (int b = 0; b < n / g; ++b) {
+    const int group = old / g + b;
+    const float *kb = k + (size_t)b * g * HD, *vb = v + (size_t)b * g * HD;
+    // Keys: the block is the group's head_dim channels, each spanning g tokens.
+    for (int c = 0; c < HD; ++c) {
+      mn[c] = INFINITY;
+      mx[c] = -INFINITY;
+      for (int j = 0; j < g; ++j) {
+        mn[c] = std::min(mn[c], kb[(size_t)j * HD + c]);
+        mx[c] = std::max(mx[c], kb[(size_t)j * HD + c]);
+      }
+    }
+    params8(mn.data(), mx.data(), HD, bits, &kgrid_[(size_t)group * 4], &kscale8_[(size_t)group * HD],
+            &kzero8_[(size_t)group * HD], scale.data(), zero.data());
+    for (int c = 0; c < HD; ++c) {
+      uint8_t *dst = key_codes(group, c);
+      for (int j = 0; j < g; ++j) pack_code(dst, j, lowbit_code(kb[(size_t)j * HD + c], scale[c], zero[c], bits), bits);
+    }
+    // Values: the block is one value-group column over the g tokens.
+    for (int gi = 0; gi < nvg; ++gi) {
+      for (int j = 0; j < g; ++j) {
+        const float *x = vb + (size_t)j * HD + gi * vgroup_;
+        mn[j] = INFINITY;
+        mx[j] = -INFINITY;
+        for (int c = 0; c < vgroup_; ++c) {
+          mn[j] = std::min(mn[j], x[c]);
+          mx[j] = std::max(mx[j], x[c]);
+        }
+      }
+      const size_t block = ((size_t)group * nvg + gi) * g;  // codes block-major: [group][gi][g]
+      params8(mn.data(), mx.data(), g, bits, &vgrid_[((size_t)group * nvg + gi) * 4], &vscale8_[block],
+              &vzero8_[block], scale.data(), zero.data());
+      for (int j = 0; j < g; ++j) {
+        const size_t tok = (size_t)group * g + j;
+        const float *x = vb + (size_t)j * HD + gi * vgroup_;
+        for (int c = 0; c < vgroup_; ++c)
+          pack_code(&vcodes_[tok * row_bytes_], gi * vgroup_ + c, lowbit_code(x[c], scale[j], zero[j], bits), bits);
+      }
+    }
+  }
+}
+
 void LowbitStream::dequantize(int t0, int t1, float *k, float *v) const {
   const int g = cfg_.group, HD = cfg_.head_dim, nvg = HD / vgroup_;
   std::vector<float> codes(std::max(HD, g));
+  std::vector<uint16_t> ks, kz, vs, vz;
+  const uint16_t *kscale = nullptr, *kzero = nullptr, *vscale = nullptr, *vzero = nullptr;
   for (int t = t0; t < t1; ++t) {
-    const int group = t / g;
+    const int group = t / g, j = t % g;
+    if (t == t0 || j == 0) {
+      key_params(group, ks, kz, &kscale, &kzero);
+      value_params(group, vs, vz, &vscale, &vzero);
+    }
     float *kr = k + (size_t)(t - t0) * HD, *vr = v + (size_t)(t - t0) * HD;
     for (int c = 0; c < HD; ++c) {
       unpack_codes(key_codes(group, c), cfg_.bits, g, codes.data());
-      kr[c] = f16(kscale_[(size_t)group * HD + c]) * codes[t % g] + f16(kzero_[(size_t)group * HD + c]);
+      kr[c] = f16(kscale[c]) * codes[j] + f16(kzero[c]);
     }
     unpack_codes(&vcodes_[(size_t)t * row_bytes_], cfg_.bits, HD, codes.data());
     for (int c = 0; c < HD; ++c) {
-      const int gi = c / vgroup_;
-      const float sc = f16(vscale_[(size_t)t * nvg + gi]);
-      vr[c] = sc * codes[c] + (cfg_.sym_values ? -1.5f * sc : f16(vzero_[(size_t)t * nvg + gi]));
+      const int gi = (size_t)j * nvg + c / vgroup_;
+      const float sc = f16(vscale[gi]);
+      vr[c] = sc * codes[c] + (cfg_.sym_values ? -1.5f * sc : f16(vzero[gi]));
     }
   }
 }
@@ -338,9 +534,11 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   // Scores, key group by key group, from the group decoded once for all rows.
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
-    kern.decode_keys(s.key_codes(group, 0), bits, g, HD, &s.kscale_[(size_t)group * HD], &s.kzero_[(size_t)group * HD], dec);
+    const uint16_t *kscale, *kzero;
+    s.key_params(group, scratch.kscale, scratch.kzero, &kscale, &kzero);
+    kern.decode_keys(s.key_codes(group, 0), bits, g, HD, kscale, kzero, dec);
     kern.scores(q, n_rows, dec, g, HD, p + (first - t0), n);
-    if (debias) debias_group(&s.kscale_[(size_t)group * HD], scratch.q2t.data(), n_rows, g, HD, p + (first - t0), n, scratch.shift.data());
+    if (debias) debias_group(kscale, scratch.q2t.data(), n_rows, g, HD, p + (first - t0), n, scratch.shift.data());
     if (any_skipped(skip, first, g))
       for (int j = 0; j < g; ++j)
         if (skipped(skip, first + j))
@@ -372,12 +570,11 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   if (cfg.sym_values) scratch.vzero.resize((size_t)g * nvg);
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
-    const uint16_t *vscale = &s.vscale_[(size_t)first * nvg], *vzero;
+    const uint16_t *vscale, *vzero;
+    s.value_params(group, scratch.vscale, scratch.vzero, &vscale, &vzero);
     if (cfg.sym_values) {
       for (int i = 0; i < g * nvg; ++i) scratch.vzero[i] = fp32_to_fp16(-1.5f * f16(vscale[i]));  // exact (sym_scale)
       vzero = scratch.vzero.data();
-    } else {
-      vzero = &s.vzero_[(size_t)first * nvg];
     }
     kern.decode_values(&s.vcodes_[(size_t)first * s.row_bytes_], bits, g, HD, vg, vscale, vzero, dec);
     kern.values(p + (first - t0), n, n_rows, dec, g, HD, acc);

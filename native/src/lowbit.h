@@ -39,6 +39,13 @@ struct LowbitConfig {
   // token per value group; a departure from KIVI's min/max, measured and rejected
   // (docs/benchmarks.md, "Why 2-bit cannot reach 1/6 at 8k"): off by default.
   bool sym_values = false;
+  // 16: every group's scale and zero in fp16 (KIVI, DESIGN.md). 8: an experiment
+  // beyond DESIGN.md — the scales and the zeros of one block (a key group's
+  // head_dim channels; a value group column over g tokens) are coded in 8 bits
+  // each on a grid lo + code·step whose lo and step are fp16 (4 fp16 per block).
+  // The kernels see the same fp16 values, decoded per group: ~2 bytes less per
+  // token for keys and for values (36.25 B instead of 40 at 2 bits, g 64, head_dim 64).
+  int param_bits = 16;
 };
 
 // The debias setting the KV policies use: on, unless SPECODE_LOWBIT_DEBIAS=0.
@@ -86,6 +93,20 @@ class LowbitStream {
   std::vector<uint16_t> kscale_, kzero_;  // [n / group][head_dim] fp16
   std::vector<uint8_t> vcodes_;           // [n][row_bytes]
   std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16 (vzero_ empty with sym_values)
+  void resize_params();  // every param array to size n_
+  void append_params8(const float *k, const float *v, int n, int old);  // append() at param_bits 8
+  // param_bits 8 (the fp16 arrays above stay empty):
+  std::vector<uint8_t> kscale8_, kzero8_;  // [n / group][head_dim] codes
+  std::vector<uint16_t> kgrid_;            // [n / group][4] fp16: zero lo, zero step, scale lo, scale step
+  std::vector<uint8_t> vscale8_, vzero8_;  // [n / group][head_dim / vgroup][group] codes (block-major)
+  std::vector<uint16_t> vgrid_;            // [n / group][head_dim / vgroup][4] fp16, as kgrid_
+  // A key group's fp16 scales and zeros ([head_dim] each), decoded into out_* when
+  // param_bits is 8 (out_* then returned), else pointers into kscale_ / kzero_.
+  void key_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero, const uint16_t **scale,
+                  const uint16_t **zero) const;
+  // The same for the values of the g tokens of key group `group` ([g][head_dim / vgroup]).
+  void value_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero,
+                    const uint16_t **scale, const uint16_t **zero) const;
 };
 
 // Per-thread work space for lowbit_attend (grows on demand).
@@ -93,6 +114,7 @@ struct LowbitScratch {
   std::vector<float> decoded;  // [group * head_dim]: the current group, decoded (keys [c][j], values [j][c])
   std::vector<float> q2t, shift;  // debias: q² transposed [head_dim][rows]; a group's shift per row
   std::vector<uint16_t> vzero;    // sym_values: a group's value zeros (-1.5·scale, fp16)
+  std::vector<uint16_t> kscale, kzero, vscale;  // param_bits 8: a group's decoded fp16 params
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the

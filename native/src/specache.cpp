@@ -88,7 +88,7 @@ PagedKvCache::PagedKvCache(const KvShape &shape, const PagedKvConfig &cfg) : cfg
   if (lowbit_policy()) {
     const size_t LH = (size_t)shape.n_layer * shape.n_head_kv, HD = shape.head_dim;
     lowbit_.resize(LH);
-    for (auto &s : lowbit_) s.init(LowbitConfig{shape.head_dim, cfg.bits, cfg.group, lowbit_debias_default(), cfg.sym_values});
+    for (auto &s : lowbit_) s.init(LowbitConfig{shape.head_dim, cfg.bits, cfg.group, lowbit_debias_default(), cfg.sym_values, cfg.param_bits});
     n_lowbit_.assign(shape.n_layer, 0);
     resid_n_.assign(shape.n_layer, 0);
     resid_k_.resize(LH * cfg.residual * HD);

@@ -61,6 +61,7 @@ struct PagedKvConfig {
   int rerank = 4;        // > 1: the rerank × topk best by low-bit scores, re-scored exactly from the host rows
   int residual = 64;     // R: fp16 window, a multiple of group
   bool sym_values = false;  // 2-bit: values with one scale and no zero per group (LowbitConfig::sym_values)
+  int param_bits = 16;      // 8: scales and zeros on 8-bit grids (LowbitConfig::param_bits)
   bool measure = false;  // compute the true top-k of each real token (costs a full-precision pass)
   int n_threads = 1;     // size of the pool attend() will be given
   int64_t fetch_delay_ns = 0;  // tests: each layer's fetch also sleeps this long (a slow link)

@@ -195,6 +195,61 @@ TEST(lowbit_symmetric_values) {
   CHECK(vd == v);
 }
 
+TEST(lowbit_8bit_params) {
+  // param_bits 8: a key group's scales and zeros, and a value column's over a key
+  // group's tokens, are 8-bit codes on an fp16 grid {lo, step} per block:
+  // keys 64·2 + 8 B per group, values 2 + 8/g B per token (g 64, head_dim 64:
+  // 36.25 B a token instead of 40 at 2 bits).
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 64, false, false, 8}, 64) == 2048 + 136 + 136);
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 1, 64, false, false, 8}, 64) == 1024 + 136 + 136);
+  CHECK(LowbitStream::bytes_for(LowbitConfig{64, 2, 32, false, false, 8}, 64) == 2048 + 2 * 136 + 64 * 2 * 2 + 2 * 2 * 8);
+  for (int bits : {1, 2})
+    for (int g : {32, 64}) {
+      const int HD = 64, n = 4 * 64;
+      LowbitStream plain(LowbitConfig{HD, bits, g}), p8(LowbitConfig{HD, bits, g, false, false, 8});
+      auto k = kv_rows(n, HD, 31 + g), v = kv_rows(n, HD, 32 + bits);
+      std::fill(v.begin() + (size_t)64 * HD, v.begin() + (size_t)65 * HD, 0.0f);  // an all-zero token
+      for (int t = 0; t < n; ++t) k[(size_t)t * HD + 3] = 0.25f;                  // a constant key channel
+      plain.append(k.data(), v.data(), n);
+      p8.append(k.data(), v.data(), n);
+      CHECK(p8.bytes() == LowbitStream::bytes_for(p8.config(), n) && p8.bytes() < plain.bytes());
+      std::vector<float> kp((size_t)n * HD), vp((size_t)n * HD), k8((size_t)n * HD), v8((size_t)n * HD);
+      plain.dequantize(0, n, kp.data(), vp.data());
+      p8.dequantize(0, n, k8.data(), v8.data());
+      // The grid moves each scale and zero by at most half its step (1/510 of the
+      // block's spread of scales or zeros): the error stays that of fp16 params,
+      // within a few percent on average and by a small fraction of the largest level.
+      double ep = 0, e8 = 0, worst_extra = 0, span = 0;
+      for (size_t i = 0; i < k.size(); ++i) {
+        const double a = std::fabs(k[i] - kp[i]) + std::fabs(v[i] - vp[i]);
+        const double b = std::fabs(k[i] - k8[i]) + std::fabs(v[i] - v8[i]);
+        ep += a;
+        e8 += b;
+        worst_extra = std::fmax(worst_extra, b - a);
+        span = std::fmax(span, std::fabs(k[i]) + std::fabs(v[i]));
+      }
+      std::printf("    %d-bit g %d: mean error fp16 params %.4f, 8-bit params %.4f; worst extra %.4f of span %.2f\n", bits, g,
+                  ep / k.size(), e8 / k.size(), worst_extra, span);
+      CHECK(e8 <= ep * 1.05);
+      CHECK(worst_extra < span / 32);
+      // The constant channel comes back within half a zero-grid step: 1/510 of the
+      // spread of the group's zeros, at most of its keys' whole range.
+      for (int t0 = 0; t0 < n; t0 += g) {
+        Range r;
+        for (size_t i = (size_t)t0 * HD; i < (size_t)(t0 + g) * HD; ++i) r.add(k[i]);
+        for (int t = t0; t < t0 + g; ++t) CHECK(std::fabs(k8[(size_t)t * HD + 3] - 0.25f) <= (r.mx - r.mn) / 500);
+      }
+      for (int c = 0; c < HD; ++c) CHECK(std::isfinite(v8[(size_t)64 * HD + c]) && std::fabs(v8[(size_t)64 * HD + c]) < 0.05f);
+      // Truncating keeps the first groups as they were; appending again rebuilds the rest.
+      p8.truncate(2 * g);
+      CHECK(p8.bytes() == LowbitStream::bytes_for(p8.config(), 2 * g));
+      p8.append(k.data() + (size_t)2 * g * HD, v.data() + (size_t)2 * g * HD, n - 2 * g);
+      std::vector<float> k2((size_t)n * HD), v2((size_t)n * HD);
+      p8.dequantize(0, n, k2.data(), v2.data());
+      CHECK(k2 == k8 && v2 == v8);
+    }
+}
+
 // x rounded to the nearest bf16 (ties to even), as vcvtne2ps2bf16 does.
 static float bf16_round(float x) {
   uint32_t u;
@@ -210,13 +265,14 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
   for (int mode : {0, 1, 2})
   for (int bits : {1, 2})
     for (int g : {32, 64})
-    for (int sym : {0, 1}) {
+    for (int variant : {0, 1, 2}) {  // fp16 params, symmetric values, 8-bit params
+      const int sym = variant == 1;
       if (sym && bits != 2) continue;
       specode::lowbit_force_scalar(mode == 0);
       specode::lowbit_force_fp32(mode == 1);
       const bool bf16 = !std::strcmp(specode::lowbit_kernels(g, 64).name, "w16-bf16");
       const int HD = 64, n = 6 * 64, rows = 5;
-      LowbitStream s(LowbitConfig{HD, bits, g, false, sym != 0});
+      LowbitStream s(LowbitConfig{HD, bits, g, false, sym != 0, variant == 2 ? 8 : 16});
       auto k = kv_rows(n, HD, 11 * bits + g), v = kv_rows(n, HD, 5 + g);
       s.append(k.data(), v.data(), n);
       std::mt19937 rng(g + bits);
@@ -280,7 +336,7 @@ TEST(lowbit_attention_from_codes_matches_dequantized) {
           worst_p = std::fmax(worst_p, std::fabs(got - prob[j] / sum));
         }
       }
-      if (bf16) std::printf("    bf16 %d-bit g %d%s: output error %.2e, probability error %.2e\n", bits, g, sym ? " sym" : "", worst, worst_p);
+      if (bf16) std::printf("    bf16 %d-bit g %d%s: output error %.2e, probability error %.2e\n", bits, g, variant == 1 ? " sym" : variant == 2 ? " p8" : "", worst, worst_p);
       CHECK(worst < (bf16 ? vmax / 256 + 1e-4 : 1e-4));
       CHECK(worst_p < 1e-5);
     }

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit.h"
 #include "quant.h"
 #include "specache.h"
 #include "specode.h"
@@ -55,6 +56,28 @@ float max_diff(const std::vector<float> &a, const std::vector<float> &b) {
   float d = 0;
   for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
   return d;
+}
+
+// Feeds ctx (n_ctx 256) and a fresh full context the same 200-token prompt, then 8 of
+// full's greedy tokens, checking after each that the logits agree within 1e-3 (what a
+// top-k that covers the context guarantees, whatever the low-bit copy holds).
+void check_follows_full(TinyModel &tm, specode_context *ctx, uint32_t seed) {
+  specode_context *full = tm.context(SPECODE_KV_POLICY_FULL, 256, 0);
+  CHECK(ctx != nullptr && full != nullptr);
+  if (ctx && full) {
+    const int n_prompt = 200;
+    auto toks = prompt(n_prompt, seed);
+    std::vector<float> lc(kVocab), lf(kVocab);
+    CHECK(specode_decode(ctx, toks.data(), n_prompt, 0, lc.data()) == SPECODE_OK);
+    CHECK(specode_decode(full, toks.data(), n_prompt, 0, lf.data()) == SPECODE_OK);
+    for (int step = 0; step < 8; ++step) {
+      const int32_t tok = argmax(lf.data(), kVocab);
+      CHECK(specode_decode(ctx, &tok, 1, 0, lc.data()) == SPECODE_OK);
+      CHECK(specode_decode(full, &tok, 1, 0, lf.data()) == SPECODE_OK);
+      CHECK(max_diff(lc, lf) < 1e-3f);
+    }
+  }
+  if (full) specode_context_free(full);
 }
 
 }  // namespace
@@ -437,21 +460,9 @@ TEST(specache_symmetric_values_option) {
   specode_context *sym = nullptr;
   CHECK(specode_context_init(tm.model, &cp, &sym) == SPECODE_OK);
   specode_context *plain = tm.context(SPECODE_KV_POLICY_SPECACHE, 256, 256);
-  specode_context *full = tm.context(SPECODE_KV_POLICY_FULL, 256, 0);
-  if (!sym || !plain || !full) return;
-  const int n_prompt = 200;
-  auto toks = prompt(n_prompt, 9);
-  std::vector<float> ls(kVocab), lp(kVocab), lf(kVocab);
-  CHECK(specode_decode(sym, toks.data(), n_prompt, 0, ls.data()) == SPECODE_OK);
-  CHECK(specode_decode(plain, toks.data(), n_prompt, 0, lp.data()) == SPECODE_OK);
-  CHECK(specode_decode(full, toks.data(), n_prompt, 0, lf.data()) == SPECODE_OK);
-  for (int step = 0; step < 8; ++step) {
-    const int32_t tok = argmax(lf.data(), kVocab);
-    CHECK(specode_decode(sym, &tok, 1, 0, ls.data()) == SPECODE_OK);
-    CHECK(specode_decode(plain, &tok, 1, 0, lp.data()) == SPECODE_OK);
-    CHECK(specode_decode(full, &tok, 1, 0, lf.data()) == SPECODE_OK);
-    CHECK(max_diff(ls, lf) < 1e-3f);
-  }
+  if (!sym || !plain) return;
+  check_follows_full(tm, sym, 9);
+  check_follows_full(tm, plain, 9);  // the same tokens: the same number held low-bit
   specode_kv_metrics ms, mp;
   specode_context_metrics(sym, &ms);
   specode_context_metrics(plain, &mp);
@@ -462,7 +473,60 @@ TEST(specache_symmetric_values_option) {
   CHECK(mp.device_lowbit_bytes - ms.device_lowbit_bytes == ms.n_lowbit_tokens * info.n_layer * info.n_head_kv * groups * 2);
   specode_context_free(sym);
   specode_context_free(plain);
-  specode_context_free(full);
+}
+
+TEST(specache_8bit_params_option) {
+  // kv_param_bits 8: specache* only (refused for other policies, for values other
+  // than 8 and 16, with kv_sym_values, and on CUDA, saying why); the low-bit copy
+  // holds what LowbitStream::bytes_for says; with a top-k that covers the context
+  // the logits are full's (every row attended low-bit is then fetched).
+  TinyModel tm;
+  CHECK(tm.model != nullptr);
+  if (!tm.model) return;
+  specode_context_params cp = specode_context_default_params();
+  CHECK(cp.kv_param_bits == 16);
+  cp.n_ctx = 256;
+  // Refused with an argument error whose message names `what`.
+  const auto refused = [&](const char *what) {
+    specode_context *c = nullptr;
+    const int32_t st = specode_context_init(tm.model, &cp, &c);
+    if (c) specode_context_free(c);
+    return st == SPECODE_ERR_ARGUMENT && std::string(specode_last_error()).find(what) != std::string::npos;
+  };
+  cp.kv_param_bits = 8;
+  for (int policy : {SPECODE_KV_POLICY_FULL, SPECODE_KV_POLICY_OFFLOAD_ALL, SPECODE_KV_POLICY_KIVI}) {
+    cp.kv_policy = policy;
+    CHECK(refused("specache and specache-sync only"));
+  }
+  cp.kv_policy = SPECODE_KV_POLICY_SPECACHE;
+  cp.kv_param_bits = 4;
+  CHECK(refused("must be 16"));
+  cp.kv_param_bits = 8;
+  cp.kv_sym_values = 1;
+  CHECK(refused("cannot be combined"));
+  cp.kv_sym_values = 0;
+  cp.backend = SPECODE_BACKEND_CUDA;
+  specode_context *ctx = nullptr;
+  CHECK(specode_context_init(tm.model, &cp, &ctx) != SPECODE_OK);  // CPU only (or no CUDA here at all)
+  cp.backend = SPECODE_BACKEND_CPU;
+  specode_model_info info;
+  specode_model_get_info(tm.model, &info);
+  for (int bits : {1, 2}) {
+    cp.kv_bits = bits;
+    cp.kv_topk = 256;
+    cp.kv_rerank = 1;
+    specode_context *p8 = nullptr;
+    CHECK(specode_context_init(tm.model, &cp, &p8) == SPECODE_OK);
+    check_follows_full(tm, p8, 13);
+    if (!p8) return;
+    specode_kv_metrics m8;
+    specode_context_metrics(p8, &m8);
+    CHECK(m8.n_lowbit_tokens > 0);
+    const specode::LowbitConfig lc{info.head_dim, bits, 64, false, false, 8};
+    CHECK(m8.device_lowbit_bytes ==
+          (uint64_t)info.n_layer * info.n_head_kv * specode::LowbitStream::bytes_for(lc, m8.n_lowbit_tokens));
+    specode_context_free(p8);
+  }
 }
 
 TEST(specache_context_copy_equals_own_prefill) {

@@ -206,6 +206,30 @@ test('createContext rejects an unknown policy', { skip: !modelPath && modelMissi
   }
 });
 
+test('paramBits 8 reaches the engine: the copy holds what 8-bit scales and zeros cost, specache only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+  const { model, prompt } = await setup();
+  const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });
+  const p8 = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, paramBits: 8 });
+  try {
+    assert.throws(() => model.createContext({ nCtx: 64, policy: 'full', paramBits: 8 }), /kv_param_bits 8.*specache/);
+    assert.throws(() => model.createContext({ nCtx: 64, policy: 'specache', paramBits: 12 as 8 }), /kv_param_bits must be 16.*or 8/);
+    await plain.decode(prompt);
+    await p8.decode(prompt);
+    const mp = plain.metrics(), m8 = p8.metrics(), info = model.info();
+    const n = m8.nLowbitTokens;
+    assert.ok(n > 0 && n === mp.nLowbitTokens && n % 64 === 0);
+    // Per layer and KV head, against fp16 params: keys lose 2 B per channel and gain 8 B per
+    // group of 64 tokens; values lose 2 B per token and value group and gain 8 B per group.
+    const hd = info.headDim, nvg = hd / Math.min(64, hd), groups = n / 64;
+    const saved = groups * (hd * 2 - 8) + n * nvg * 2 - groups * nvg * 8;
+    assert.equal(mp.deviceLowbitBytes - m8.deviceLowbitBytes, saved * info.nLayer * info.nHeadKv);
+  } finally {
+    plain.free();
+    p8.free();
+    model.free();
+  }
+});
+
 test('symValues reaches the engine: 2 bytes less per token and KV head, 2-bit only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
   const { model, prompt } = await setup();
   const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });

@@ -55,6 +55,9 @@ export interface FidelityOptions {
   rerank?: number;
   /** specache* at 2 bits: symmetric values (ContextOptions.symValues). */
   symValues?: boolean;
+  /** specache*: the widths of the copy's scales and zeros to run, each its own configuration
+   * (ContextOptions.paramBits; default [16]: fp16, as DESIGN.md). */
+  paramBits?: (8 | 16)[];
   residual?: number;
   tasks: FidelityTask[];
   trials: number;
@@ -96,6 +99,8 @@ export interface FidelityRow {
   label?: string;
   bits: number | null;
   group: number | null;
+  /** specache*: bits of each scale and zero of the low-bit copy, when not fp16 (ContextOptions.paramBits). */
+  param_bits?: number;
   topk: number | null;
   ctx: number;
   task: FidelityTask;
@@ -344,7 +349,10 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
   else
     for (const p of o.policies) {
       if (p === 'full') continue;
-      if (p === 'specache' || p === 'specache-sync') for (const b of o.bits) cfgs.push({ policy: p, bits: b, label: `${p}/${b}b` });
+      if (p === 'specache' || p === 'specache-sync')
+        for (const b of o.bits)
+          for (const pb of o.paramBits ?? [16])
+            cfgs.push(pb === 8 ? { policy: p, bits: b, label: `${p}/${b}b/p8`, opts: { paramBits: 8 } } : { policy: p, bits: b, label: `${p}/${b}b` });
       else cfgs.push({ policy: p, bits: null, label: p });
     }
   const runnable = cfgs.filter((c) => c.policy === 'full' || caps.policies);
@@ -367,7 +375,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
     metrics: 'ctx.metrics() after each sample\'s decode steps (counters reset after its prefill); device_kv_bytes and fp16_kv_bytes are means over samples; spec_match, stall_frac, topk_overlap pooled over steps',
   };
   env.params = {
-    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', ...(o.symValues ? { sym_values: '2-bit values symmetric (one fp16 scale per group, no zero)' } : {}), residual, tasks: o.tasks, trials: o.trials,
+    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', ...(o.symValues ? { sym_values: '2-bit values symmetric (one fp16 scale per group, no zero)' } : {}), ...(o.paramBits && o.paramBits.some((b) => b !== 16) ? { param_bits: o.paramBits } : {}), residual, tasks: o.tasks, trials: o.trials,
     depths: o.depths, gen_tokens: o.genTokens, answer_tokens: o.answerTokens ?? 16, keys: o.keys ?? 4, seed: o.seed ?? 1,
     measure: o.measure ?? true, n_batch: 256,
   };
@@ -516,6 +524,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
               label: cfg.label,
               bits: cfg.bits,
               group: cfg.bits !== null ? group : null,
+              ...(cfg.opts?.paramBits ? { param_bits: cfg.opts.paramBits } : {}),
               topk: cfg.bits !== null ? topk : null,
               ctx: ctxLen,
               task,

@@ -26,6 +26,8 @@ export interface SpeedOptions {
   topk?: number;
   /** specache: two-stage row choice (see ContextOptions.rerank; default automatic per bits). */
   rerank?: number;
+  /** specache*: bits of each scale and zero of the low-bit copy (ContextOptions.paramBits; default 16). */
+  paramBits?: 8 | 16;
 }
 
 export interface SpeedRow {
@@ -33,6 +35,8 @@ export interface SpeedRow {
   backend: 'cpu';
   policy: string;
   bits?: number;
+  /** specache*: 8 when the copy's scales and zeros are 8-bit (ContextOptions.paramBits). */
+  param_bits?: number;
   /** llama.cpp rows: whether its flash attention was on. */
   flash_attention?: boolean;
   ctx: number;
@@ -80,7 +84,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
         // previous repetition's pages instead of running the prefill.
         const session = await Session.open(o.modelPath, {
           nCtx: ctx + nDecode + 8, threads: o.threads, nBatch: 256, policy,
-          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, ...(o.rerank ? { rerank: o.rerank } : {}) } : {}),
+          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, ...(o.rerank ? { rerank: o.rerank } : {}), ...(o.paramBits === 8 ? { paramBits: 8 } : {}) } : {}),
         });
         try {
           let t0 = performance.now();
@@ -115,7 +119,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
         }
       }
       rows.push({
-        engine: 'specode', backend: 'cpu', policy, ...(lowbit ? { bits: o.bits ?? 2 } : {}), ctx,
+        engine: 'specode', backend: 'cpu', policy, ...(lowbit ? { bits: o.bits ?? 2, ...(o.paramBits === 8 ? { param_bits: 8 } : {}) } : {}), ctx,
         prefill_tok_s: median(pre), decode_tok_s: median(dec),
         device_kv_bytes: deviceKv, host_kv_bytes: hostKv, fetch_bytes_per_step: fetchPerStep, stall_frac: stallFrac,
         prefill_runs_tok_s: pre, decode_runs_tok_s: dec,

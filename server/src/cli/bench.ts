@@ -31,6 +31,7 @@ const FLAGS: Record<string, FlagSpec> = {
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
   rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper; default: automatic, 16 at 1 bit and 4 at 2 bits)' },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
+  'param-bits': { type: 'string', help: 'fidelity / speed: bits of each scale and zero of the specache* low-bit copy, comma-separated, one configuration each in fidelity, one value in speed (16: fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 4 bytes less per token and KV head; an experiment beyond DESIGN.md)', default: '16' },
   'sym-values': { type: 'boolean', help: 'fidelity: the 2-bit copy quantizes values symmetrically (one fp16 scale per group, no zero: 2 bytes less per token and KV head; an experiment beyond DESIGN.md)', default: false },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -115,9 +116,12 @@ export async function runBench(argv: string[]): Promise<number> {
     }
     const bits = Number(p.flags.bits ?? 2);
     if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
+    const paramBits = Number(p.flags['param-bits'] ?? 16);
+    if (paramBits !== 8 && paramBits !== 16) throw new UserError(`bench: --param-bits for speed must be 8 or 16, got '${p.flags['param-bits']}'`);
     const backend = String(p.flags.backend ?? 'cpu');
     if (backend !== 'cpu' && backend !== 'cuda') throw new UserError(`bench: --backend must be cpu or cuda, got '${backend}'`);
     if (backend === 'cuda') {
+      if (paramBits === 8) throw new UserError('bench: --param-bits 8 runs on the CPU backend only');
       result = await benchSpeedCuda({
         modelName, modelPath, contexts, policies, bits, topk: Number(p.flags.topk), rerank: rerankFlag(p.flags.rerank),
         decodeTokens: Number(p.flags['decode-tokens']), warmup: Math.max(1, Number(p.flags.warmup)),
@@ -127,7 +131,7 @@ export async function runBench(argv: string[]): Promise<number> {
     } else result = await benchSpeed({
       modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: rerankFlag(p.flags.rerank),
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
-      peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
+      paramBits: paramBits as 8 | 16, peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
   }
   if (p.flags.out) {
@@ -168,13 +172,16 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   };
   const genTokens = f['gen-tokens'] === undefined ? 256 : positive('gen-tokens');
   if (genTokens < 2) throw new UserError('bench: --gen-tokens must be >= 2 for code-agreement');
+  const paramBits = list('param-bits', f['param-bits']).map(Number);
+  if (paramBits.some((b) => b !== 8 && b !== 16)) throw new UserError(`bench: --param-bits takes 8 and/or 16, got '${f['param-bits']}'`);
+  if (paramBits.includes(8) && f['sym-values'] === true) throw new UserError('bench: --param-bits 8 and --sym-values cannot be combined');
   const out = f.out ? String(f.out) : undefined;
   const { writeFileSync } = await import('node:fs');
   return benchFidelity({
     modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
     topk: positive('topk'), rerank: rerankFlag(f.rerank), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
     genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
-    measure: f.measure !== false, symValues: f['sym-values'] === true, command,
+    measure: f.measure !== false, symValues: f['sym-values'] === true, paramBits: paramBits as (8 | 16)[], command,
     onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,
   });
 }

@@ -91,6 +91,8 @@ export interface ContextOptions {
   rerank?: number;
   /** specache* at 2 bits: values quantized symmetrically (one fp16 scale per group, no zero) — 2 bytes less per token and KV head; an experiment beyond DESIGN.md, CPU only (default false). */
   symValues?: boolean;
+  /** specache*: how the low-bit copy stores its scales and zeros — 16 (default): fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 2 bytes less per token for keys and for values (an experiment beyond DESIGN.md, CPU only, not with symValues). */
+  paramBits?: 8 | 16;
   /**
    * Paged policies: disk tier of the host pages. Full pages are saved under
    * <diskCacheDir>/<model id>/ and adopted by a later context of the same weights (after a
