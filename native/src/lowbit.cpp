@@ -267,61 +267,14 @@ void LowbitStream::append(const float *k, const float *v, int n) {
   kcodes_.resize((size_t)n_ * row_bytes_, 0);
   vcodes_.resize((size_t)n_ * row_bytes_, 0);
   resize_params();
-  if (cfg_.param_bits == 8) {
-    append_params8(k, v, n, old);
-    return;
-  }
-  // Keys: per channel over each group of g tokens.
-  for (int b = 0; b < n / g; ++b) {
-    const int group = old / g + b;
-    for (int c = 0; c < HD; ++c) {
-      float mn = INFINITY, mx = -INFINITY;
-      for (int j = 0; j < g; ++j) {
-        float x = k[((size_t)b * g + j) * HD + c];
-        mn = std::min(mn, x);
-        mx = std::max(mx, x);
-      }
-      float scale, zero;
-      lowbit_params(mn, mx, bits, &scale, &zero);
-      kscale_[(size_t)group * HD + c] = fp32_to_fp16(scale);
-      kzero_[(size_t)group * HD + c] = fp32_to_fp16(zero);
-      uint8_t *dst = key_codes(group, c);
-      for (int j = 0; j < g; ++j) pack_code(dst, j, lowbit_code(k[((size_t)b * g + j) * HD + c], scale, zero, bits), bits);
-    }
-  }
-  // Values: per token over each group of vgroup channels.
-  for (int j = 0; j < n; ++j) {
-    const size_t tok = (size_t)old + j;
-    const float *row = v + (size_t)j * HD;
-    for (int gi = 0; gi < nvg; ++gi) {
-      const float *x = row + gi * vgroup_;
-      float mn = INFINITY, mx = -INFINITY;
-      for (int c = 0; c < vgroup_; ++c) {
-        mn = std::min(mn, x[c]);
-        mx = std::max(mx, x[c]);
-      }
-      float scale, zero;
-      if (cfg_.sym_values) {
-        scale = sym_scale(std::max(-mn, mx));
-        zero = -1.5f * scale;
-      } else {
-        lowbit_params(mn, mx, bits, &scale, &zero);
-        vzero_[tok * nvg + gi] = fp32_to_fp16(zero);
-      }
-      vscale_[tok * nvg + gi] = fp32_to_fp16(scale);
-      for (int c = 0; c < vgroup_; ++c)
-        pack_code(&vcodes_[tok * row_bytes_], gi * vgroup_ + c, lowbit_code(x[c], scale, zero, bits), bits);
-    }
-  }
-}
-
-void LowbitStream::append_params8(const float *k, const float *v, int n, int old) {
-  const int g = cfg_.group, HD = cfg_.head_dim, bits = cfg_.bits, nvg = HD / vgroup_;
+  const bool p8 = cfg_.param_bits == 8;
+  // mn, mx: the ranges of one block (a group's channels, or a value column's tokens).
   std::vector<float> mn(std::max(HD, g)), mx(mn.size()), scale(mn.size()), zero(mn.size());
+  std::vector<float> vscale((size_t)g * nvg), vzero(vscale.size());  // a group's value params, [j][gi]
   for (int b = 0; b < n / g; ++b) {
     const int group = old / g + b;
     const float *kb = k + (size_t)b * g * HD, *vb = v + (size_t)b * g * HD;
-    // Keys: the block is the group's head_dim channels, each spanning g tokens.
+    // Keys: per channel over the group's g tokens.
     for (int c = 0; c < HD; ++c) {
       mn[c] = INFINITY;
       mx[c] = -INFINITY;
@@ -330,13 +283,21 @@ void LowbitStream::append_params8(const float *k, const float *v, int n, int old
         mx[c] = std::max(mx[c], kb[(size_t)j * HD + c]);
       }
     }
-    params8(mn.data(), mx.data(), HD, bits, &kgrid_[(size_t)group * 4], &kscale8_[(size_t)group * HD],
-            &kzero8_[(size_t)group * HD], scale.data(), zero.data());
+    if (p8) {
+      params8(mn.data(), mx.data(), HD, bits, &kgrid_[(size_t)group * 4], &kscale8_[(size_t)group * HD],
+              &kzero8_[(size_t)group * HD], scale.data(), zero.data());
+    } else {
+      for (int c = 0; c < HD; ++c) {
+        lowbit_params(mn[c], mx[c], bits, &scale[c], &zero[c]);
+        kscale_[(size_t)group * HD + c] = fp32_to_fp16(scale[c]);
+        kzero_[(size_t)group * HD + c] = fp32_to_fp16(zero[c]);
+      }
+    }
     for (int c = 0; c < HD; ++c) {
       uint8_t *dst = key_codes(group, c);
       for (int j = 0; j < g; ++j) pack_code(dst, j, lowbit_code(kb[(size_t)j * HD + c], scale[c], zero[c], bits), bits);
     }
-    // Values: the block is one value-group column over the g tokens.
+    // Values: per token over each group of vgroup channels.
     for (int gi = 0; gi < nvg; ++gi) {
       for (int j = 0; j < g; ++j) {
         const float *x = vb + (size_t)j * HD + gi * vgroup_;
@@ -347,14 +308,34 @@ void LowbitStream::append_params8(const float *k, const float *v, int n, int old
           mx[j] = std::max(mx[j], x[c]);
         }
       }
-      const size_t block = ((size_t)group * nvg + gi) * g;  // codes block-major: [group][gi][g]
-      params8(mn.data(), mx.data(), g, bits, &vgrid_[((size_t)group * nvg + gi) * 4], &vscale8_[block],
-              &vzero8_[block], scale.data(), zero.data());
+      if (p8) {
+        const size_t block = ((size_t)group * nvg + gi) * g;  // codes block-major: [group][gi][g]
+        params8(mn.data(), mx.data(), g, bits, &vgrid_[((size_t)group * nvg + gi) * 4], &vscale8_[block],
+                &vzero8_[block], scale.data(), zero.data());
+      } else {
+        for (int j = 0; j < g; ++j) {
+          const size_t at = ((size_t)group * g + j) * nvg + gi;
+          if (cfg_.sym_values) {
+            scale[j] = sym_scale(std::max(-mn[j], mx[j]));
+            zero[j] = -1.5f * scale[j];
+          } else {
+            lowbit_params(mn[j], mx[j], bits, &scale[j], &zero[j]);
+            vzero_[at] = fp32_to_fp16(zero[j]);
+          }
+          vscale_[at] = fp32_to_fp16(scale[j]);
+        }
+      }
       for (int j = 0; j < g; ++j) {
-        const size_t tok = (size_t)group * g + j;
-        const float *x = vb + (size_t)j * HD + gi * vgroup_;
-        for (int c = 0; c < vgroup_; ++c)
-          pack_code(&vcodes_[tok * row_bytes_], gi * vgroup_ + c, lowbit_code(x[c], scale[j], zero[j], bits), bits);
+        vscale[(size_t)j * nvg + gi] = scale[j];
+        vzero[(size_t)j * nvg + gi] = zero[j];
+      }
+    }
+    for (int j = 0; j < g; ++j) {
+      const size_t tok = (size_t)group * g + j;
+      const float *row = vb + (size_t)j * HD;
+      for (int c = 0; c < HD; ++c) {
+        const size_t gi = (size_t)j * nvg + c / vgroup_;
+        pack_code(&vcodes_[tok * row_bytes_], c, lowbit_code(row[c], vscale[gi], vzero[gi], bits), bits);
       }
     }
   }

@@ -94,7 +94,6 @@ class LowbitStream {
   std::vector<uint8_t> vcodes_;           // [n][row_bytes]
   std::vector<uint16_t> vscale_, vzero_;  // [n][head_dim / vgroup] fp16 (vzero_ empty with sym_values)
   void resize_params();  // every param array to size n_
-  void append_params8(const float *k, const float *v, int n, int old);  // append() at param_bits 8
   // param_bits 8 (the fp16 arrays above stay empty):
   std::vector<uint8_t> kscale8_, kzero8_;  // [n / group][head_dim] codes
   std::vector<uint16_t> kgrid_;            // [n / group][4] fp16: zero lo, zero step, scale lo, scale step
