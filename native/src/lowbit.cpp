@@ -57,9 +57,15 @@ inline bool skipped(const uint64_t *skip, int pos) { return skip && ((skip[pos >
 
 }  // namespace
 
+// The exact (unrounded) scale and zero of a group spanning [mn, mx] (see lowbit.h).
+static void exact_params(float mn, float mx, int bits, float *scale, float *zero) {
+  *scale = bits == 2 ? (mx - mn) / 3.0f : (mx - mn) / 2.0f;
+  *zero = bits == 2 ? mn : (3.0f * mn + mx) / 4.0f;
+}
+
 void lowbit_params(float mn, float mx, int bits, float *scale, float *zero) {
-  float s = bits == 2 ? (mx - mn) / 3.0f : (mx - mn) / 2.0f;
-  float z = bits == 2 ? mn : (3.0f * mn + mx) / 4.0f;
+  float s, z;
+  exact_params(mn, mx, bits, &s, &z);
   s = std::min(s, 65504.0f);  // largest fp16
   *scale = fp16_to_fp32(fp32_to_fp16(s));
   *zero = fp16_to_fp32(fp32_to_fp16(z));
@@ -140,8 +146,8 @@ void params8(const float *mn, const float *mx, int n, int bits, uint16_t *grid, 
   std::vector<float> z(n), t(n);
   std::vector<uint16_t> h(n);
   for (int i = 0; i < n; ++i) {
-    const float s = bits == 2 ? (mx[i] - mn[i]) / 3.0f : (mx[i] - mn[i]) / 2.0f;
-    z[i] = bits == 2 ? mn[i] : (3.0f * mn[i] + mx[i]) / 4.0f;
+    float s;
+    exact_params(mn[i], mx[i], bits, &s, &z[i]);
     t[i] = z[i] + top * s;
   }
   grid_fit(z.data(), n, grid);
@@ -234,9 +240,16 @@ void LowbitStream::value_params(int group, std::vector<uint16_t> &out_scale, std
                                 const uint16_t **scale, const uint16_t **zero) const {
   const int g = cfg_.group, nvg = cfg_.head_dim / vgroup_;
   const size_t first = (size_t)group * g * nvg;
+  if (cfg_.param_bits != 8 && cfg_.sym_values) {  // zero = -1.5·scale, an fp16 by construction (sym_scale)
+    out_zero.resize((size_t)g * nvg);
+    for (int i = 0; i < g * nvg; ++i) out_zero[i] = fp32_to_fp16(-1.5f * fp16_to_fp32(vscale_[first + i]));
+    *scale = &vscale_[first];
+    *zero = out_zero.data();
+    return;
+  }
   if (cfg_.param_bits != 8) {
     *scale = &vscale_[first];
-    *zero = cfg_.sym_values ? nullptr : &vzero_[first];
+    *zero = &vzero_[first];
     return;
   }
   out_scale.resize((size_t)g * nvg);
@@ -360,8 +373,7 @@ void LowbitStream::dequantize(int t0, int t1, float *k, float *v) const {
     unpack_codes(&vcodes_[(size_t)t * row_bytes_], cfg_.bits, HD, codes.data());
     for (int c = 0; c < HD; ++c) {
       const int gi = (size_t)j * nvg + c / vgroup_;
-      const float sc = f16(vscale[gi]);
-      vr[c] = sc * codes[c] + (cfg_.sym_values ? -1.5f * sc : f16(vzero[gi]));
+      vr[c] = f16(vscale[gi]) * codes[c] + f16(vzero[gi]);
     }
   }
 }
@@ -500,7 +512,7 @@ static void debias_group(const uint16_t *kscale, const float *q2t, int n_rows, i
 void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_rows, const uint64_t *skip, float *p,
                    float *m, float *l, float *acc, LowbitScratch &scratch) {
   const LowbitConfig &cfg = s.cfg_;
-  const int g = cfg.group, HD = cfg.head_dim, bits = cfg.bits, vg = s.vgroup_, nvg = HD / vg;
+  const int g = cfg.group, HD = cfg.head_dim, bits = cfg.bits, vg = s.vgroup_;
   const int n = t1 - t0;
   assert(t0 % g == 0 && t1 % g == 0 && t1 <= s.n_);
   const LowbitKernels &kern = lowbit_kernels(g, HD);
@@ -548,15 +560,10 @@ void lowbit_attend(const LowbitStream &s, int t0, int t1, const float *q, int n_
   }
   // Values: Σ_j p_j v_j over each decoded group (skipped tokens have p = 0).
   std::memset(acc, 0, (size_t)n_rows * HD * sizeof(float));
-  if (cfg.sym_values) scratch.vzero.resize((size_t)g * nvg);
   for (int group = t0 / g; group < t1 / g; ++group) {
     const int first = group * g;
     const uint16_t *vscale, *vzero;
     s.value_params(group, scratch.vscale, scratch.vzero, &vscale, &vzero);
-    if (cfg.sym_values) {
-      for (int i = 0; i < g * nvg; ++i) scratch.vzero[i] = fp32_to_fp16(-1.5f * f16(vscale[i]));  // exact (sym_scale)
-      vzero = scratch.vzero.data();
-    }
     kern.decode_values(&s.vcodes_[(size_t)first * s.row_bytes_], bits, g, HD, vg, vscale, vzero, dec);
     kern.values(p + (first - t0), n, n_rows, dec, g, HD, acc);
   }

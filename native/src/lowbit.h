@@ -103,7 +103,8 @@ class LowbitStream {
   // param_bits is 8 (out_* then returned), else pointers into kscale_ / kzero_.
   void key_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero, const uint16_t **scale,
                   const uint16_t **zero) const;
-  // The same for the values of the g tokens of key group `group` ([g][head_dim / vgroup]).
+  // The same for the values of the g tokens of key group `group` ([g][head_dim / vgroup]); with
+  // sym_values the zeros (-1.5·scale) are made in out_zero.
   void value_params(int group, std::vector<uint16_t> &out_scale, std::vector<uint16_t> &out_zero,
                     const uint16_t **scale, const uint16_t **zero) const;
 };
@@ -112,8 +113,7 @@ class LowbitStream {
 struct LowbitScratch {
   std::vector<float> decoded;  // [group * head_dim]: the current group, decoded (keys [c][j], values [j][c])
   std::vector<float> q2t, shift;  // debias: q² transposed [head_dim][rows]; a group's shift per row
-  std::vector<uint16_t> vzero;    // sym_values: a group's value zeros (-1.5·scale, fp16)
-  std::vector<uint16_t> kscale, kzero, vscale;  // param_bits 8: a group's decoded fp16 params
+  std::vector<uint16_t> kscale, kzero, vscale, vzero;  // a group's decoded fp16 params (8-bit params; sym_values zeros)
 };
 
 // One piece of a split softmax: attention of n_rows query rows over the
