@@ -372,6 +372,7 @@ napi_value ctx_metrics(napi_env env, napi_callback_info info) {
   set_num(env, o, "diskPagesSaved", (double)m.disk_pages_saved);
   set_num(env, o, "diskPagesRejected", (double)m.disk_pages_rejected);
   set_num(env, o, "diskBytes", (double)m.disk_bytes);
+  set_num(env, o, "lowbitParamBits", (double)m.lowbit_param_bits);
   return o;
 }
 

@@ -207,6 +207,7 @@ class CudaContext final : public GpuContext {
         m.device_prefetch_bytes = mem.buffers;
         m.n_lowbit_tokens = (uint64_t)dc_->n_lowbit();
         m.n_residual_tokens = (uint64_t)dc_->n_residual();
+        m.lowbit_param_bits = 16;  // fp16 scales and zeros (kv_param_bits 8 is CPU-only)
         break;
       case KvPolicy::OffloadAll:
         m.device_full_bytes = mem.buffers;  // one layer's rows staged

@@ -165,11 +165,14 @@ typedef struct specode_context_params {
                             value group and no zero (2 bytes less per token and KV head than KIVI's
                             min/max; an experiment beyond DESIGN.md, see docs/benchmarks.md). CPU
                             backend only. 0 (default): KIVI's scale and zero */
-  int32_t kv_param_bits; /* specache*: how the low-bit copy stores its scales and zeros. 16 (default; 0 reads
-                            as 16): fp16 per group, as DESIGN.md. 8: an experiment beyond DESIGN.md — 8-bit
-                            codes on a grid per block (a key group's channels; a value column over a key
-                            group's tokens) with the grid's lo and step in fp16: about 2 bytes less per
-                            token for keys and for values. CPU backend only; not with kv_sym_values */
+  int32_t kv_param_bits; /* specache*: how the low-bit copy stores its scales and zeros.
+                            16: fp16 per group, as DESIGN.md. 8: 8-bit codes on a grid per block (a key
+                            group's channels; a value column over a key group's tokens) with the grid's lo
+                            and step in fp16, about 2 bytes less per token and KV head for keys and for
+                            values; CPU backend only, not with kv_sym_values. 0 (default): automatic — 8 for
+                            the 2-bit copy on the CPU backend (fp16 params put 2-bit over 1/6 of fp16 below
+                            12k tokens; 8-bit params keep its agreement, docs/benchmarks.md), 16 otherwise.
+                            specode_kv_metrics.lowbit_param_bits says which a context uses */
 } specode_context_params;
 
 specode_context_params specode_context_default_params(void);
@@ -291,6 +294,8 @@ typedef struct specode_kv_metrics {
   uint64_t disk_pages_saved;        /* ... pages written */
   uint64_t disk_pages_rejected;     /* ... files found corrupt or stale (deleted, recomputed) */
   uint64_t disk_bytes;              /* ... bytes in the model's directory */
+  int32_t lowbit_param_bits;        /* specache*: bits of each stored scale and zero of the low-bit copy,
+                                       16 (fp16) or 8 (kv_param_bits); 0 for the other policies */
 } specode_kv_metrics;
 
 /* Snapshot of the metrics as of the end of the last decode (safe to call

@@ -453,6 +453,7 @@ void Context::publish_metrics() {
   m.disk_pages_saved = k.disk_pages_saved;
   m.disk_pages_rejected = k.disk_pages_rejected;
   m.disk_bytes = k.disk_bytes;
+  m.lowbit_param_bits = k.lowbit_param_bits;
   std::lock_guard<std::mutex> lock(metrics_mutex_);
   snapshot_ = m;
 }

@@ -48,8 +48,9 @@ struct KvMetrics {
   double mass_recall_sum = 0;          // Σ true attention mass on the fetched rows / on the true top-k
   uint64_t prefix_reused_tokens = 0;   // tokens taken from cached pages instead of recomputed
   uint64_t host_pages_referenced = 0;  // pages held by the sequence
-  uint64_t host_pages_cached = 0;
-  uint64_t disk_pages_loaded = 0, disk_pages_saved = 0, disk_pages_rejected = 0, disk_bytes = 0;  // disk tier      // unreferenced pages kept for prefix reuse (LRU)
+  uint64_t host_pages_cached = 0;     // unreferenced pages kept for prefix reuse (LRU)
+  uint64_t disk_pages_loaded = 0, disk_pages_saved = 0, disk_pages_rejected = 0, disk_bytes = 0;  // disk tier
+  int lowbit_param_bits = 0;           // specache*: 16 or 8 (PagedKvConfig::param_bits); 0: other policies
 };
 
 struct KvShape {

@@ -132,6 +132,7 @@ void PagedKvCache::metrics(KvMetrics *out) const {
     out->device_prefetch_bytes = LH * cfg_.topk * row * 2;
     out->n_lowbit_tokens = n_lowbit_.empty() ? 0 : n_lowbit_[0];
     out->n_residual_tokens = resid_n_.empty() ? 0 : resid_n_[0];
+    out->lowbit_param_bits = cfg_.param_bits;
   } else {
     out->device_full_bytes = staged_rows_ * shape_.n_head_kv * row * 2;
   }

@@ -457,9 +457,11 @@ TEST(specache_symmetric_values_option) {
   cp.backend = SPECODE_BACKEND_CPU;
   cp.kv_topk = 256;
   cp.kv_rerank = 1;
-  specode_context *sym = nullptr;
+  specode_context *sym = nullptr, *plain = nullptr;
   CHECK(specode_context_init(tm.model, &cp, &sym) == SPECODE_OK);
-  specode_context *plain = tm.context(SPECODE_KV_POLICY_SPECACHE, 256, 256);
+  cp.kv_sym_values = 0;
+  cp.kv_param_bits = 16;  // KIVI's fp16 scale and zero (the automatic choice at 2 bits is 8-bit params)
+  CHECK(specode_context_init(tm.model, &cp, &plain) == SPECODE_OK);
   if (!sym || !plain) return;
   check_follows_full(tm, sym, 9);
   check_follows_full(tm, plain, 9);  // the same tokens: the same number held low-bit
@@ -479,12 +481,13 @@ TEST(specache_8bit_params_option) {
   // kv_param_bits 8: specache* only (refused for other policies, for values other
   // than 8 and 16, with kv_sym_values, and on CUDA, saying why); the low-bit copy
   // holds what LowbitStream::bytes_for says; with a top-k that covers the context
-  // the logits are full's (every row attended low-bit is then fetched).
+  // the logits are full's (every row attended low-bit is then fetched). The
+  // default, 0, picks 8 for the 2-bit copy on the CPU and 16 for the others.
   TinyModel tm;
   CHECK(tm.model != nullptr);
   if (!tm.model) return;
   specode_context_params cp = specode_context_default_params();
-  CHECK(cp.kv_param_bits == 16);
+  CHECK(cp.kv_param_bits == 0);
   cp.n_ctx = 256;
   // Refused with an argument error whose message names `what`.
   const auto refused = [&](const char *what) {
@@ -515,18 +518,38 @@ TEST(specache_8bit_params_option) {
     cp.kv_bits = bits;
     cp.kv_topk = 256;
     cp.kv_rerank = 1;
-    specode_context *p8 = nullptr;
-    CHECK(specode_context_init(tm.model, &cp, &p8) == SPECODE_OK);
-    check_follows_full(tm, p8, 13);
-    if (!p8) return;
-    specode_kv_metrics m8;
-    specode_context_metrics(p8, &m8);
-    CHECK(m8.n_lowbit_tokens > 0);
-    const specode::LowbitConfig lc{info.head_dim, bits, 64, false, false, 8};
-    CHECK(m8.device_lowbit_bytes ==
-          (uint64_t)info.n_layer * info.n_head_kv * specode::LowbitStream::bytes_for(lc, m8.n_lowbit_tokens));
-    specode_context_free(p8);
+    for (int param_bits : {8, 16, 0}) {
+      cp.kv_param_bits = param_bits;
+      specode_context *c = nullptr;
+      CHECK(specode_context_init(tm.model, &cp, &c) == SPECODE_OK);
+      if (!c) return;
+      check_follows_full(tm, c, 13);
+      specode_kv_metrics m;
+      specode_context_metrics(c, &m);
+      CHECK(m.n_lowbit_tokens > 0);
+      const int used = param_bits ? param_bits : bits == 2 ? 8 : 16;
+      CHECK(m.lowbit_param_bits == used);
+      const specode::LowbitConfig lc{info.head_dim, bits, 64, false, false, used};
+      CHECK(m.device_lowbit_bytes ==
+            (uint64_t)info.n_layer * info.n_head_kv * specode::LowbitStream::bytes_for(lc, m.n_lowbit_tokens));
+      specode_context_free(c);
+    }
   }
+  // The automatic choice leaves symmetric values and the policies without a copy alone.
+  cp.kv_param_bits = 0;
+  cp.kv_sym_values = 1;
+  specode_context *sym = nullptr, *full = nullptr;
+  CHECK(specode_context_init(tm.model, &cp, &sym) == SPECODE_OK);
+  cp.kv_sym_values = 0;
+  cp.kv_policy = SPECODE_KV_POLICY_FULL;
+  CHECK(specode_context_init(tm.model, &cp, &full) == SPECODE_OK);
+  if (!sym || !full) return;
+  specode_kv_metrics ms, mf;
+  specode_context_metrics(sym, &ms);
+  specode_context_metrics(full, &mf);
+  CHECK(ms.lowbit_param_bits == 16 && mf.lowbit_param_bits == 0);
+  specode_context_free(sym);
+  specode_context_free(full);
 }
 
 TEST(specache_context_copy_equals_own_prefill) {

@@ -206,16 +206,20 @@ test('createContext rejects an unknown policy', { skip: !modelPath && modelMissi
   }
 });
 
-test('paramBits 8 reaches the engine: the copy holds what 8-bit scales and zeros cost, specache only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
+test('paramBits reaches the engine: 8-bit scales and zeros cost what they should; automatic picks 8 for the 2-bit copy on the CPU only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
   const { model, prompt } = await setup();
-  const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });
+  const fp16 = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, paramBits: 16 });
   const p8 = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, paramBits: 8 });
+  const auto2 = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });
+  const auto1 = model.createContext({ nCtx: 1024, policy: 'specache', bits: 1 });
+  const autoSym = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, symValues: true });
+  const full = model.createContext({ nCtx: 1024, policy: 'full' });
+  const all = [fp16, p8, auto2, auto1, autoSym, full];
   try {
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'full', paramBits: 8 }), /kv_param_bits 8.*specache/);
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'specache', paramBits: 12 as 8 }), /kv_param_bits must be 16.*or 8/);
-    await plain.decode(prompt);
-    await p8.decode(prompt);
-    const mp = plain.metrics(), m8 = p8.metrics(), info = model.info();
+    for (const c of all) await c.decode(prompt);
+    const mp = fp16.metrics(), m8 = p8.metrics(), info = model.info();
     const n = m8.nLowbitTokens;
     assert.ok(n > 0 && n === mp.nLowbitTokens && n % 64 === 0);
     // Per layer and KV head, against fp16 params: keys lose 2 B per channel and gain 8 B per
@@ -223,16 +227,21 @@ test('paramBits 8 reaches the engine: the copy holds what 8-bit scales and zeros
     const hd = info.headDim, nvg = hd / Math.min(64, hd), groups = n / 64;
     const saved = groups * (hd * 2 - 8) + n * nvg * 2 - groups * nvg * 8;
     assert.equal(mp.deviceLowbitBytes - m8.deviceLowbitBytes, saved * info.nLayer * info.nHeadKv);
+    assert.deepEqual([mp, m8].map((m) => m.lowbitParamBits), [16, 8]);
+    // Automatic: the 2-bit copy takes 8-bit params (the same bytes as asking for them); 1-bit,
+    // symmetric values and policies without a copy do not.
+    assert.equal(auto2.metrics().lowbitParamBits, 8);
+    assert.equal(auto2.metrics().deviceLowbitBytes, m8.deviceLowbitBytes);
+    assert.deepEqual([auto1, autoSym, full].map((c) => c.metrics().lowbitParamBits), [16, 16, 0]);
   } finally {
-    plain.free();
-    p8.free();
+    for (const c of all) c.free();
     model.free();
   }
 });
 
 test('symValues reaches the engine: 2 bytes less per token and KV head, 2-bit only', { skip: !modelPath && modelMissingMessage('smollm2-135m') }, async () => {
   const { model, prompt } = await setup();
-  const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2 });
+  const plain = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, paramBits: 16 });
   const sym = model.createContext({ nCtx: 1024, policy: 'specache', bits: 2, symValues: true });
   try {
     assert.throws(() => model.createContext({ nCtx: 64, policy: 'specache', bits: 1, symValues: true }), /kv_sym_values.*2-bit/);

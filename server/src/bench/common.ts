@@ -46,6 +46,10 @@ export async function envelope(suite: string, modelName: string, modelPath: stri
   };
 }
 
+/** specache*: how a bench asks for the low-bit copy's scales and zeros (ContextOptions.paramBits);
+ * 'auto' leaves the choice to the engine (8 at 2 bits, 16 at 1 bit on the CPU). */
+export type ParamBits = 'auto' | 8 | 16;
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;

@@ -29,7 +29,7 @@ import { join, resolve } from 'node:path';
 import { readGguf } from '../engine/gguf';
 import { loadAddon, type ContextOptions, type KvMetrics, type KvPolicy, type NativeContext, type NativeModel } from '../engine/native';
 import { Tokenizer } from '../engine/tokenizer';
-import { envelope, log, projectRoot, sha256File, type Envelope } from './common';
+import { envelope, log, projectRoot, sha256File, type Envelope, type ParamBits } from './common';
 import {
   agreement, boundaries, buildFimCase, buildHaystack, deriveSeed, depths as depthList, listDocs, makeNeedles,
   needlePromptHead, needlePromptTail, placeNeedles, rng, scoreAnswer, answerComplete, seededDocs, type DocKind, type DocRef,
@@ -56,8 +56,9 @@ export interface FidelityOptions {
   /** specache* at 2 bits: symmetric values (ContextOptions.symValues). */
   symValues?: boolean;
   /** specache*: the widths of the copy's scales and zeros to run, each its own configuration
-   * (ContextOptions.paramBits; default [16]: fp16, as DESIGN.md). */
-  paramBits?: (8 | 16)[];
+   * (ContextOptions.paramBits; 'auto': the engine's choice, 8 at 2 bits and 16 at 1 bit on the
+   * CPU; default ['auto']). */
+  paramBits?: ParamBits[];
   residual?: number;
   tasks: FidelityTask[];
   trials: number;
@@ -99,7 +100,7 @@ export interface FidelityRow {
   label?: string;
   bits: number | null;
   group: number | null;
-  /** specache*: bits of each scale and zero of the low-bit copy, when not fp16 (ContextOptions.paramBits). */
+  /** specache*: bits of each scale and zero of the low-bit copy as the engine reports them (KvMetrics.lowbitParamBits). */
   param_bits?: number;
   topk: number | null;
   ctx: number;
@@ -297,6 +298,8 @@ class Acc {
   massSum = 0;
   fetchBytes = 0;
   steps = 0;
+  /** KvMetrics.lowbitParamBits (0: no low-bit copy, or an addon that does not say). */
+  paramBits = 0;
 
   addMetrics(x: KvMetrics | null): void {
     if (!x) return;
@@ -313,6 +316,7 @@ class Acc {
     this.massSum += x.topkMassRecall * x.overlapSamples;
     this.fetchBytes += x.fetchBytesTotal;
     this.steps += x.steps;
+    this.paramBits = x.lowbitParamBits ?? 0;
   }
 }
 
@@ -351,8 +355,8 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
       if (p === 'full') continue;
       if (p === 'specache' || p === 'specache-sync')
         for (const b of o.bits)
-          for (const pb of o.paramBits ?? [16])
-            cfgs.push(pb === 8 ? { policy: p, bits: b, label: `${p}/${b}b/p8`, opts: { paramBits: 8 } } : { policy: p, bits: b, label: `${p}/${b}b` });
+          for (const pb of o.paramBits ?? ['auto'])
+            cfgs.push(pb === 'auto' ? { policy: p, bits: b, label: `${p}/${b}b` } : { policy: p, bits: b, label: `${p}/${b}b/p${pb}`, opts: { paramBits: pb } });
       else cfgs.push({ policy: p, bits: null, label: p });
     }
   const runnable = cfgs.filter((c) => c.policy === 'full' || caps.policies);
@@ -375,7 +379,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
     metrics: 'ctx.metrics() after each sample\'s decode steps (counters reset after its prefill); device_kv_bytes and fp16_kv_bytes are means over samples; spec_match, stall_frac, topk_overlap pooled over steps',
   };
   env.params = {
-    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', ...(o.symValues ? { sym_values: '2-bit values symmetric (one fp16 scale per group, no zero)' } : {}), ...(o.paramBits && o.paramBits.some((b) => b !== 16) ? { param_bits: o.paramBits } : {}), residual, tasks: o.tasks, trials: o.trials,
+    contexts: o.contexts, policies: o.policies, bits: o.bits, group, topk, rerank: rerank ?? 'auto (16 at 1 bit, 4 at 2 bits)', ...(o.symValues ? { sym_values: '2-bit values symmetric (one fp16 scale per group, no zero)' } : {}), param_bits: o.paramBits ?? ['auto'], residual, tasks: o.tasks, trials: o.trials,
     depths: o.depths, gen_tokens: o.genTokens, answer_tokens: o.answerTokens ?? 16, keys: o.keys ?? 4, seed: o.seed ?? 1,
     measure: o.measure ?? true, n_batch: 256,
   };
@@ -524,7 +528,7 @@ export async function benchFidelity(o: FidelityOptions): Promise<Envelope> {
               label: cfg.label,
               bits: cfg.bits,
               group: cfg.bits !== null ? group : null,
-              ...(cfg.opts?.paramBits ? { param_bits: cfg.opts.paramBits } : {}),
+              ...(acc.paramBits ? { param_bits: acc.paramBits } : {}),
               topk: cfg.bits !== null ? topk : null,
               ctx: ctxLen,
               task,

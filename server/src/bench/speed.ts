@@ -4,7 +4,7 @@
 import { UserError } from '../errors';
 import { loadAddon, type KvPolicy } from '../engine/native';
 import { Session } from '../engine/session';
-import { envelope, log, median, speedCorpusIds, type Envelope } from './common';
+import { envelope, log, median, speedCorpusIds, type Envelope, type ParamBits } from './common';
 import { loadPeer } from './peer';
 
 export interface SpeedOptions {
@@ -26,8 +26,8 @@ export interface SpeedOptions {
   topk?: number;
   /** specache: two-stage row choice (see ContextOptions.rerank; default automatic per bits). */
   rerank?: number;
-  /** specache*: bits of each scale and zero of the low-bit copy (ContextOptions.paramBits; default 16). */
-  paramBits?: 8 | 16;
+  /** specache*: bits of each scale and zero of the low-bit copy (ContextOptions.paramBits; default 'auto', the engine's choice). */
+  paramBits?: ParamBits;
 }
 
 export interface SpeedRow {
@@ -35,7 +35,7 @@ export interface SpeedRow {
   backend: 'cpu';
   policy: string;
   bits?: number;
-  /** specache*: 8 when the copy's scales and zeros are 8-bit (ContextOptions.paramBits). */
+  /** specache*: bits of each scale and zero of the low-bit copy as the engine reports them (KvMetrics.lowbitParamBits). */
   param_bits?: number;
   /** llama.cpp rows: whether its flash attention was on. */
   flash_attention?: boolean;
@@ -78,13 +78,13 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
       const ids = allIds.slice(0, ctx);
       const pre: number[] = [];
       const dec: number[] = [];
-      let fetchPerStep = 0, stallFrac = 0, deviceKv = fp16KvBytes(ctx), hostKv = 0;
+      let fetchPerStep = 0, stallFrac = 0, deviceKv = fp16KvBytes(ctx), hostKv = 0, paramBits = 0;
       for (let r = 1 - warmup; r <= reps; r++) {
         // A fresh context each repetition: the paged policies would otherwise adopt the
         // previous repetition's pages instead of running the prefill.
         const session = await Session.open(o.modelPath, {
           nCtx: ctx + nDecode + 8, threads: o.threads, nBatch: 256, policy,
-          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, ...(o.rerank ? { rerank: o.rerank } : {}), ...(o.paramBits === 8 ? { paramBits: 8 } : {}) } : {}),
+          ...(lowbit ? { bits: o.bits ?? 2, topk: o.topk ?? 64, ...(o.rerank ? { rerank: o.rerank } : {}), ...(o.paramBits && o.paramBits !== 'auto' ? { paramBits: o.paramBits } : {}) } : {}),
         });
         try {
           let t0 = performance.now();
@@ -109,6 +109,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
             stallFrac = m.stepNsTotal ? m.stallNsTotal / m.stepNsTotal : 0;
             deviceKv = m.deviceKvBytes;
             hostKv = m.hostKvBytes;
+            paramBits = m.lowbitParamBits ?? 0;
           }
           if (r <= 0) continue;  // warm-up
           pre.push((ids.length - 1) / prefillS);
@@ -119,7 +120,7 @@ export async function benchSpeed(o: SpeedOptions): Promise<Envelope> {
         }
       }
       rows.push({
-        engine: 'specode', backend: 'cpu', policy, ...(lowbit ? { bits: o.bits ?? 2, ...(o.paramBits === 8 ? { param_bits: 8 } : {}) } : {}), ctx,
+        engine: 'specode', backend: 'cpu', policy, ...(lowbit ? { bits: o.bits ?? 2, ...(paramBits ? { param_bits: paramBits } : {}) } : {}), ctx,
         prefill_tok_s: median(pre), decode_tok_s: median(dec),
         device_kv_bytes: deviceKv, host_kv_bytes: hostKv, fetch_bytes_per_step: fetchPerStep, stall_frac: stallFrac,
         prefill_runs_tok_s: pre, decode_runs_tok_s: dec,

@@ -7,7 +7,7 @@ import { benchReuse } from '../bench/reuse';
 import { benchPolicies } from '../bench/policies';
 import { benchEditor } from '../bench/editor';
 import { benchFidelity, FIDELITY_TASKS, parsePolicies, type FidelityTask } from '../bench/fidelity';
-import type { Envelope } from '../bench/common';
+import type { Envelope, ParamBits } from '../bench/common';
 import { DEFAULT_MODEL, resolveModelArg } from '../models/registry';
 import { KV_POLICIES, type KvPolicy } from '../protocol';
 import { parseArgs, usage, type FlagSpec } from './args';
@@ -31,7 +31,7 @@ const FLAGS: Record<string, FlagSpec> = {
   topk: { type: 'number', help: 'speed / fidelity / editor: fp16 rows fetched per layer per KV head for specache*', default: 64 },
   rerank: { type: 'number', help: 'fidelity / speed: specache picks its rows in two stages, the rerank × topk best by low-bit scores re-scored exactly (1: one stage, as the paper; default: automatic, 16 at 1 bit and 4 at 2 bits)' },
   residual: { type: 'number', help: 'fidelity: newest tokens kept in fp16 for specache*', default: 64 },
-  'param-bits': { type: 'string', help: 'fidelity / speed: bits of each scale and zero of the specache* low-bit copy, comma-separated, one configuration each in fidelity, one value in speed (16: fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 4 bytes less per token and KV head; an experiment beyond DESIGN.md)', default: '16' },
+  'param-bits': { type: 'string', help: 'fidelity / speed: bits of each scale and zero of the specache* low-bit copy, comma-separated, one configuration each in fidelity, one value in speed (auto: the engine\'s choice, 8 at 2 bits and 16 at 1 bit on the CPU; 16: fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 4 bytes less per token and KV head, CPU only)', default: 'auto' },
   'sym-values': { type: 'boolean', help: 'fidelity: the 2-bit copy quantizes values symmetrically (one fp16 scale per group, no zero: 2 bytes less per token and KV head; an experiment beyond DESIGN.md)', default: false },
   tasks: { type: 'string', help: `fidelity: tasks, comma-separated (${FIDELITY_TASKS.join(', ')})`, default: FIDELITY_TASKS.join(',') },
   trials: { type: 'number', help: 'fidelity: trials per task (haystacks / code prompts)', default: 1 },
@@ -53,6 +53,12 @@ const FLAGS: Record<string, FlagSpec> = {
 export const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
 
 /** --rerank: undefined (the engine's automatic choice per width) or an integer in [1, 16]. */
+function paramBitsFlag(v: string): ParamBits {
+  if (v === 'auto') return v;
+  if (v === '8' || v === '16') return Number(v) as 8 | 16;
+  throw new UserError(`bench: --param-bits takes auto, 8 or 16, got '${v}'`);
+}
+
 function rerankFlag(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
@@ -116,8 +122,7 @@ export async function runBench(argv: string[]): Promise<number> {
     }
     const bits = Number(p.flags.bits ?? 2);
     if (bits !== 1 && bits !== 2) throw new UserError(`bench: --bits for speed must be 1 or 2, got '${p.flags.bits}'`);
-    const paramBits = Number(p.flags['param-bits'] ?? 16);
-    if (paramBits !== 8 && paramBits !== 16) throw new UserError(`bench: --param-bits for speed must be 8 or 16, got '${p.flags['param-bits']}'`);
+    const paramBits = paramBitsFlag(String(p.flags['param-bits'] ?? 'auto'));
     const backend = String(p.flags.backend ?? 'cpu');
     if (backend !== 'cpu' && backend !== 'cuda') throw new UserError(`bench: --backend must be cpu or cuda, got '${backend}'`);
     if (backend === 'cuda') {
@@ -131,7 +136,7 @@ export async function runBench(argv: string[]): Promise<number> {
     } else result = await benchSpeed({
       modelName, modelPath, threads, contexts, policies, bits, topk: Number(p.flags.topk), rerank: rerankFlag(p.flags.rerank),
       reps: Number(p.flags.reps), warmup: Number(p.flags.warmup), decodeTokens: Number(p.flags['decode-tokens']),
-      paramBits: paramBits as 8 | 16, peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
+      paramBits, peer: p.flags.peer !== 'none', flashAttention: p.flags['flash-attention'] === undefined ? undefined : Boolean(p.flags['flash-attention']),
     });
   }
   if (p.flags.out) {
@@ -172,8 +177,7 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
   };
   const genTokens = f['gen-tokens'] === undefined ? 256 : positive('gen-tokens');
   if (genTokens < 2) throw new UserError('bench: --gen-tokens must be >= 2 for code-agreement');
-  const paramBits = list('param-bits', f['param-bits']).map(Number);
-  if (paramBits.some((b) => b !== 8 && b !== 16)) throw new UserError(`bench: --param-bits takes 8 and/or 16, got '${f['param-bits']}'`);
+  const paramBits = list('param-bits', f['param-bits'] ?? 'auto').map(paramBitsFlag);
   if (paramBits.includes(8) && f['sym-values'] === true) throw new UserError('bench: --param-bits 8 and --sym-values cannot be combined');
   const out = f.out ? String(f.out) : undefined;
   const { writeFileSync } = await import('node:fs');
@@ -181,7 +185,7 @@ async function runFidelity(f: Record<string, string | number | boolean | undefin
     modelName, modelPath, threads, contexts, policies, bits: bits as (1 | 2)[], group: group as 32 | 64,
     topk: positive('topk'), rerank: rerankFlag(f.rerank), residual: positive('residual'), tasks, trials: positive('trials'), depths: positive('depths'),
     genTokens, keys: positive('keys'), seed: Number(f.seed), haystack: haystack as 'mixed' | 'code' | 'prose',
-    measure: f.measure !== false, symValues: f['sym-values'] === true, paramBits: paramBits as (8 | 16)[], command,
+    measure: f.measure !== false, symValues: f['sym-values'] === true, paramBits, command,
     onRow: out ? (env) => writeFileSync(out, JSON.stringify(env, null, 2) + '\n') : undefined,
   });
 }

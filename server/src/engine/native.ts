@@ -91,7 +91,7 @@ export interface ContextOptions {
   rerank?: number;
   /** specache* at 2 bits: values quantized symmetrically (one fp16 scale per group, no zero) — 2 bytes less per token and KV head; an experiment beyond DESIGN.md, CPU only (default false). */
   symValues?: boolean;
-  /** specache*: how the low-bit copy stores its scales and zeros — 16 (default): fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 2 bytes less per token for keys and for values (an experiment beyond DESIGN.md, CPU only, not with symValues). */
+  /** specache*: how the low-bit copy stores its scales and zeros — 16: fp16 per group, as DESIGN.md; 8: 8-bit codes on an fp16 grid per block, about 2 bytes less per token for keys and for values (CPU only, not with symValues). Default automatic: 8 for the 2-bit copy on the CPU backend, 16 otherwise; KvMetrics.lowbitParamBits says which. */
   paramBits?: 8 | 16;
   /**
    * Paged policies: disk tier of the host pages. Full pages are saved under
@@ -193,6 +193,8 @@ export interface KvMetrics {
   diskPagesSaved: number;
   diskPagesRejected: number;
   diskBytes: number;
+  /** specache*: bits of each stored scale and zero of the low-bit copy, 16 (fp16) or 8 (ContextOptions.paramBits); 0 for the other policies. */
+  lowbitParamBits: number;
 }
 
 export interface DecodeOptions {
