@@ -42,9 +42,10 @@ case "${1:-}" in
     [ "$(sha256sum /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat .devcache/part2/smollm2.sha256)" ] || { echo 'smollm2: sha256 differs'; exit 1; }
     SPECODE_CUDA_TEST_MODEL=/tmp/smollm2.gguf /tmp/nb/specode_cuda_tests 2>&1 | tee "${OUT:-/tmp}/cuda-tests-smollm2.txt"
     # The engine's C API end to end (what the server calls): 64 greedy tokens per backend and policy.
+    # -P 16: the CPU's fp16 scales and zeros, the only format CUDA has (its automatic choice is 8 at 2 bits).
     for k in full specache; do
       for b in cpu cuda; do
-        /tmp/nb/specode-run /tmp/smollm2.gguf -b "$b" -k "$k" -t 16 -p 1500 -n 64 > "/tmp/run-$k-$b.txt" 2>> "${OUT:-/tmp}/c-api-smollm2.txt"
+        /tmp/nb/specode-run /tmp/smollm2.gguf -b "$b" -k "$k" -t 16 -p 1500 -n 64 -P 16 > "/tmp/run-$k-$b.txt" 2>> "${OUT:-/tmp}/c-api-smollm2.txt"
       done
       cmp -s "/tmp/run-$k-cpu.txt" "/tmp/run-$k-cuda.txt" && r=same || r=DIFFER
       { echo "c api smollm2 $k: cpu and cuda tokens $r"; head -c 400 "/tmp/run-$k-cpu.txt"; head -c 400 "/tmp/run-$k-cuda.txt"; } |

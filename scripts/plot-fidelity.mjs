@@ -34,7 +34,10 @@ function label(r) {
   if (r.group !== undefined && r.group !== 64) extra.push(`g ${r.group}`);
   if (r.residual !== undefined && r.residual !== 64) extra.push(`R ${r.residual}`);
   if (r.sym_values) extra.push('sym. values');
-  if (r.param_bits === 8) extra.push('8-bit params');
+  // The engine's automatic scales and zeros: 8-bit for the 2-bit copy, fp16 for the 1-bit one
+  // (rows from before bench rows carried param_bits are fp16).
+  const params = r.param_bits ?? 16;
+  if (params !== (r.bits === 2 && !r.sym_values ? 8 : 16)) extra.push(params === 8 ? '8-bit params' : 'fp16 params');
   return `${r.policy} ${r.bits}-bit${extra.length ? ` (${extra.join(', ')})` : ''}`;
 }
 const weighted = (a, b, wa, wb, key) =>

@@ -22,11 +22,12 @@ int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fprintf(stderr,
             "usage: specode-run MODEL.gguf [-t THREADS] [-n N_GEN] [-c N_CTX] [-p N_PROMPT] [-b cpu|auto|cuda]\n"
-            "                  [-k full|offload-all|specache] [-q BITS] [-r RERANK] [ids...]\n");
+            "                  [-k full|offload-all|specache] [-q BITS] [-r RERANK] [-P PARAM_BITS] [ids...]\n"
+            "  -P: bits of the low-bit copy's scales and zeros, 16 or 8 (default: the engine's choice)\n");
     return argc < 2 ? 2 : 0;
   }
   int threads = 0, n_gen = 16, n_ctx = 4096, n_prompt = 0;
-  int backend = SPECODE_BACKEND_CPU, policy = SPECODE_KV_POLICY_FULL, bits = 2, rerank = 0;
+  int backend = SPECODE_BACKEND_CPU, policy = SPECODE_KV_POLICY_FULL, bits = 2, rerank = 0, param_bits = 0;
   int32_t *ids = calloc((size_t)argc + 65536, sizeof(int32_t));
   int n_ids = 0;
   for (int i = 2; i < argc; ++i) {
@@ -36,6 +37,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "-p") && i + 1 < argc) n_prompt = atoi(argv[++i]);
     else if (!strcmp(argv[i], "-q") && i + 1 < argc) bits = atoi(argv[++i]);
     else if (!strcmp(argv[i], "-r") && i + 1 < argc) rerank = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "-P") && i + 1 < argc) param_bits = atoi(argv[++i]);
     else if (!strcmp(argv[i], "-b") && i + 1 < argc) {
       const char *b = argv[++i];
       backend = !strcmp(b, "cuda") ? SPECODE_BACKEND_CUDA : !strcmp(b, "auto") ? SPECODE_BACKEND_AUTO : SPECODE_BACKEND_CPU;
@@ -79,6 +81,7 @@ int main(int argc, char **argv) {
   cp.kv_policy = policy;
   cp.kv_bits = bits;
   cp.kv_rerank = rerank;
+  cp.kv_param_bits = param_bits;
   specode_context *ctx = NULL;
   if (specode_context_init(model, &cp, &ctx) != SPECODE_OK) {
     fprintf(stderr, "specode-run: %s\n", specode_last_error());

@@ -52,7 +52,8 @@ test('CUDA context: the CPU\'s greedy tokens', { skip: (!modelPath && modelMissi
     for (const policy of ['full', 'specache'] as const) {
       const tokens: number[][] = [];
       for (const backend of ['cpu', 'cuda'] as const) {
-        const ctx = model.createContext({ nCtx: 512, backend, policy });
+        // paramBits 16: CUDA's only format for the copy's scales and zeros (the CPU's automatic choice at 2 bits is 8).
+        const ctx = model.createContext({ nCtx: 512, backend, policy, ...(policy === 'specache' ? { paramBits: 16 as const } : {}) });
         assert.equal(ctx.backend.name, backend);
         let logits = (await ctx.decode(prompt))!;
         const out: number[] = [];

@@ -554,6 +554,7 @@ void policy_matches_cpu(specode_model *model, const char *name, specode::cuda::D
   cp.kv_topk = cfg.topk;
   cp.kv_rerank = cfg.rerank;
   cp.kv_residual = cfg.residual;
+  cp.kv_param_bits = 16;  // the device's fp16 scales and zeros (the CPU's automatic choice at 2 bits is 8)
   specode_context *ctx = nullptr;
   if (!ran || specode_context_init(model, &cp, &ctx) != SPECODE_OK) {
     report("policy_matches_cpu", false, ran ? "cpu context" : why.c_str());
@@ -625,6 +626,7 @@ void c_api_matches_cpu(specode_model *model, int policy, double tol) {
   cp.n_ctx = 1024;
   cp.kv_policy = policy;
   cp.kv_topk = 16;
+  if (policy == SPECODE_KV_POLICY_SPECACHE) cp.kv_param_bits = 16;  // the device's format on both backends
   specode_context *cpu = nullptr, *gpu = nullptr;
   char detail[400];
   if (specode_context_init(model, &cp, &cpu) != SPECODE_OK) {
