@@ -118,12 +118,12 @@ int resolved_rerank(const specode_context_params &p) {
   return p.kv_rerank > 0 ? p.kv_rerank : specode::auto_rerank(p.kv_bits, p.kv_topk);
 }
 
-// kv_param_bits as the low-bit copy uses it (0: 8 for the 2-bit copy of specache* on the CPU
-// backend, whose fp16 params miss 1/6 of fp16 below 12k tokens; 16 otherwise).
-int resolved_param_bits(const specode_context_params &p, bool cpu) {
+// kv_param_bits as a CPU context's low-bit copy uses it (0: 8 for the 2-bit copy of specache*,
+// whose fp16 params miss 1/6 of fp16 below 12k tokens; 16 otherwise). CUDA contexts hold fp16.
+int resolved_param_bits(const specode_context_params &p) {
   if (p.kv_param_bits) return p.kv_param_bits;
   const bool copy = p.kv_policy == SPECODE_KV_POLICY_SPECACHE || p.kv_policy == SPECODE_KV_POLICY_SPECACHE_SYNC;
-  return cpu && copy && p.kv_bits == 2 && !p.kv_sym_values ? 8 : 16;
+  return copy && p.kv_bits == 2 && !p.kv_sym_values ? 8 : 16;
 }
 
 // What keeps a context off the CUDA backend before a device is tried ("" when nothing does).
@@ -300,7 +300,7 @@ int32_t specode_context_init(specode_model *model, const specode_context_params 
   cfg.kv_topk = params->kv_topk;
   cfg.kv_rerank = resolved_rerank(*params);
   cfg.kv_sym_values = params->kv_sym_values != 0;
-  cfg.kv_param_bits = resolved_param_bits(*params, true);
+  cfg.kv_param_bits = resolved_param_bits(*params);
   cfg.kv_residual = residual;
   cfg.kv_page_tokens = params->kv_page_tokens;
   cfg.kv_measure = params->kv_measure != 0;
