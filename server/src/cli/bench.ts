@@ -52,13 +52,14 @@ const FLAGS: Record<string, FlagSpec> = {
 
 export const SUITES = ['parity', 'speed', 'fidelity', 'policies', 'reuse', 'editor'];
 
-/** --rerank: undefined (the engine's automatic choice per width) or an integer in [1, 16]. */
+/** --param-bits: auto (the engine's choice), 8 or 16. */
 function paramBitsFlag(v: string): ParamBits {
   if (v === 'auto') return v;
   if (v === '8' || v === '16') return Number(v) as 8 | 16;
   throw new UserError(`bench: --param-bits takes auto, 8 or 16, got '${v}'`);
 }
 
+/** --rerank: undefined (the engine's automatic choice per width) or an integer in [1, 16]. */
 function rerankFlag(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
